@@ -1,0 +1,460 @@
+"""Typed, frozen run configuration: YAML files map one to one onto these dataclasses.
+
+Every YAML key mirrors a dataclass field. An unknown key, a value of the wrong type or an
+invalid value raises `ConfigError` naming the dotted key and the file it came from.
+`--set section.key=value` overrides are parsed as YAML scalars and type-checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import types
+import typing
+from typing import Any
+
+import yaml
+
+from prorl_jax.errors import ConfigError
+from prorl_jax.model.config import ModelConfig
+
+# Shipped configs live in the repository's configs/ (an editable install finds them there).
+CONFIG_DIRS = (pathlib.Path(__file__).resolve().parent.parent / "configs",
+               pathlib.Path(__file__).resolve().parent / "configs")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """Which model to train. Exactly one of `path` (a local HF dir), `preset` or `config`."""
+
+    path: str | None = None  # local Hugging Face checkpoint directory
+    preset: str | None = None  # a named architecture, randomly initialised
+    config: ModelConfig | None = None  # a literal architecture, randomly initialised
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat: str = "none"  # none | full | save_dots
+
+    def __post_init__(self):
+        given = [k for k in ("path", "preset", "config") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"model: give only one of path, preset, config (got {', '.join(given)})")
+        ModelConfig(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = 1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def __post_init__(self):
+        for k in ("data", "fsdp", "tensor"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"mesh.{k} must be >= 1, got {getattr(self, k)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Rollout sampling (verl actor_rollout_ref.rollout.*)."""
+
+    n: int = 16  # samples per prompt (the GRPO group size)
+    temperature: float = 1.2
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 8192
+    max_prompt_tokens: int = 1024  # longer prompts are dropped and counted
+    max_batch_tokens: int = 0  # KV-cache budget per sampler call in tokens; 0 = no chunking
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ConfigError(f"sampling.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ConfigError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"sampling.top_k must be >= 0, got {self.top_k}")
+        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
+            raise ConfigError("sampling.max_new_tokens and sampling.max_prompt_tokens must be >= 1")
+
+
+ADVANTAGES = ("grpo", "rloo", "reinforce_pp_baseline")
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_KINDS = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl", "k1+", "k3+")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """The GRPO / ProRL objective and batch layout (defaults: ProRL v1, ../shared/recipe.md)."""
+
+    advantage: str = "grpo"
+    norm_adv_by_std: bool = True
+    clip_low: float = 0.2
+    clip_high: float = 0.4
+    clip_c: float | None = 3.0
+    kl_coef: float = 1e-4
+    kl_kind: str = "low_var_kl"
+    entropy_coef: float = 0.0
+    loss_agg: str = "token-mean"
+    prompts_per_step: int = 256
+    mini_batch_prompts: int = 64
+    micro_batches: int = 1  # gradient-accumulation steps per mini-batch
+    ppo_epochs: int = 1
+    dynamic_sampling: bool = True
+    max_gen_batches: int = 4
+    on_max_gen_batches: str = "error"  # "error" | "train" (train on the groups kept so far)
+    overlong_buffer: int = 0  # DAPO soft overlong punishment; 0 = off
+    overlong_factor: float = 1.0
+    nontermination_penalty: float | None = None  # reward given to responses without EOS
+
+    def __post_init__(self):
+        if self.advantage not in ADVANTAGES:
+            raise ConfigError(f"rl.advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
+        if self.loss_agg not in AGG_MODES:
+            raise ConfigError(f"rl.loss_agg must be one of {AGG_MODES}, got {self.loss_agg!r}")
+        if self.kl_kind not in KL_KINDS:
+            raise ConfigError(f"rl.kl_kind must be one of {KL_KINDS}, got {self.kl_kind!r}")
+        if not (0 <= self.clip_low < 1) or self.clip_high < 0:
+            raise ConfigError("rl.clip_low must be in [0, 1) and rl.clip_high >= 0")
+        if self.clip_c is not None and self.clip_c <= 1:
+            raise ConfigError(f"rl.clip_c must be > 1 or null, got {self.clip_c}")
+        if self.prompts_per_step < 1 or self.mini_batch_prompts < 1:
+            raise ConfigError("rl.prompts_per_step and rl.mini_batch_prompts must be >= 1")
+        if self.prompts_per_step % self.mini_batch_prompts:
+            raise ConfigError(
+                f"rl.prompts_per_step ({self.prompts_per_step}) must be divisible by "
+                f"rl.mini_batch_prompts ({self.mini_batch_prompts})")
+        if self.micro_batches < 1 or self.ppo_epochs < 1 or self.max_gen_batches < 1:
+            raise ConfigError("rl.micro_batches, rl.ppo_epochs and rl.max_gen_batches must be >= 1")
+        if self.on_max_gen_batches not in ("error", "train"):
+            raise ConfigError(
+                f"rl.on_max_gen_batches must be 'error' or 'train', got {self.on_max_gen_batches!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with global-norm clipping (verl defaults for what the paper leaves unstated)."""
+
+    lr: float = 2e-6
+    warmup_steps: int = 0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # 0 = off
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
+            raise ConfigError("optim.b1 and optim.b2 must be in [0, 1)")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("optim.warmup_steps, weight_decay and grad_clip must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceResetConfig:
+    """ProRL's hard reset of the reference policy (and optionally the optimizer)."""
+
+    every_steps: int = 0  # 0 = no scheduled resets
+    kl_fraction: float = 0.0  # reset when kl_coef*KL > kl_fraction*|policy loss| ...; 0 = off
+    kl_patience: int = 3  # ... for this many consecutive steps
+    val_patience: int = 0  # reset when validation reward has not improved for k evals; 0 = off
+    reset_optimizer: bool = True  # True: ProRL v1; False: ProRL v2
+
+    def __post_init__(self):
+        if self.every_steps < 0 or self.kl_fraction < 0 or self.val_patience < 0:
+            raise ConfigError("reference_reset values must be >= 0")
+        if self.kl_patience < 1:
+            raise ConfigError(f"reference_reset.kl_patience must be >= 1, got {self.kl_patience}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """One data source of the training mixture."""
+
+    kind: str = "jsonl"  # jsonl | json | parquet | verl | reasoning_gym
+    path: str | None = None
+    weight: float = 1.0
+    domain: str | None = None  # default domain for records that do not name one
+    tasks: tuple[str, ...] = ()  # reasoning_gym task names
+    task_config: dict = dataclasses.field(default_factory=dict)  # per-task kwargs
+    size: int = 1000  # reasoning_gym: entries per task
+    domain_map: dict = dataclasses.field(default_factory=dict)  # verl data_source/ability -> domain
+
+    def __post_init__(self):
+        kinds = ("jsonl", "json", "parquet", "verl", "reasoning_gym")
+        if self.kind not in kinds:
+            raise ConfigError(f"data.sources[].kind must be one of {kinds}, got {self.kind!r}")
+        if self.weight <= 0:
+            raise ConfigError(f"data.sources[].weight must be > 0, got {self.weight}")
+        if self.kind != "reasoning_gym" and not self.path:
+            raise ConfigError(f"data.sources[].path is required for kind {self.kind!r}")
+        if self.kind == "reasoning_gym" and not self.tasks:
+            raise ConfigError("data.sources[].tasks is required for kind 'reasoning_gym'")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    sources: tuple[SourceConfig, ...] = ()
+    val_sources: tuple[SourceConfig, ...] = ()  # held-out prompts for validation
+    seed: int = 0
+    on_bad_record: str = "error"  # "error" | "skip" (skip and count)
+    suffixes: dict = dataclasses.field(default_factory=dict)  # domain -> instruction suffix
+
+    def __post_init__(self):
+        if self.on_bad_record not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    num_workers: int = 2
+    timeout_s: float = 10.0  # per item, for any verifier
+    code_timeout_s: float = 5.0  # all test cases of one program together
+
+    def __post_init__(self):
+        if self.num_workers < 1 or self.timeout_s <= 0 or self.code_timeout_s <= 0:
+            raise ConfigError("rewards.num_workers, timeout_s and code_timeout_s must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    """Held-out pass@1 during training, at the evaluation sampling settings."""
+
+    every_steps: int = 0  # 0 = off
+    num_prompts: int = 64
+    n: int = 1
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 8192
+
+    def __post_init__(self):
+        if self.every_steps < 0 or self.num_prompts < 1 or self.n < 1:
+            raise ConfigError("validation.every_steps >= 0, num_prompts >= 1 and n >= 1 required")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 50  # 0 = only at the end and on signals
+    keep_last: int = 3
+    async_save: bool = True
+    export_hf: bool = True  # write the final policy to RUN_DIR/hf
+
+    def __post_init__(self):
+        if self.every_steps < 0 or self.keep_last < 1:
+            raise ConfigError("checkpoint.every_steps must be >= 0 and checkpoint.keep_last >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "prorl-jax"
+    progress: bool = True  # console progress bar
+
+    def __post_init__(self):
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run."""
+
+    steps: int = 2000
+    seed: int = 0
+    run_dir: str = "runs/prorl"
+    model: ModelSection = ModelSection()
+    mesh: MeshConfig = MeshConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    rl: RLConfig = RLConfig()
+    optim: OptimConfig = OptimConfig()
+    reference_reset: ReferenceResetConfig = ReferenceResetConfig()
+    data: DataConfig = DataConfig()
+    rewards: RewardConfig = RewardConfig()
+    validation: ValidationConfig = ValidationConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ConfigError(f"steps must be >= 0, got {self.steps}")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks `value` against the annotation `tp`, converting where it is lossless."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return build(tp, value, prefix=key)
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def build(cls: type, data: dict, prefix: str = ""):
+    """Builds dataclass `cls` from a nested dict, naming the dotted key of any error."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            raise ConfigError(f"unknown key '{key}' (valid: {', '.join(sorted(fields))})")
+        kwargs[k] = _coerce(v, hints[k], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        msg = str(e)
+        if prefix and not msg.startswith(prefix.split(".")[0]) and not msg.startswith("unknown"):
+            msg = f"{prefix}: {msg}"
+        raise ConfigError(msg) from None
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict of a config (tuples as lists), e.g. for YAML dumps and metrics."""
+    def conv(x):
+        if dataclasses.is_dataclass(x):
+            return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, tuple | list):
+            return [conv(v) for v in x]
+        if isinstance(x, dict):
+            return {k: conv(v) for k, v in x.items()}
+        return x
+    return conv(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'rl.kl_coef=1e-3' -> (['rl', 'kl_coef'], 0.001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = dict(data or {})
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[p] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_yaml(path: str | pathlib.Path) -> dict:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    return data
+
+
+def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = (),
+                cls: type = TrainConfig):
+    """Loads a YAML file (None: the defaults), applies --set overrides, validates.
+
+    Errors name the dotted key and the file: `configs/x.yaml: unknown key 'rl.foo'`.
+    """
+    data = load_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides))
+    try:
+        return build(cls, data)
+    except ConfigError as e:
+        where = str(path) if path is not None else "--set"
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def resolve_config_path(name: str | None) -> pathlib.Path:
+    """A path as given, or the name of a shipped config ('demo' -> configs/demo.yaml)."""
+    if name is None:
+        name = "demo"
+    p = pathlib.Path(name)
+    if p.is_file():
+        return p
+    for d in CONFIG_DIRS:
+        for cand in (d / name, d / f"{name}.yaml"):
+            if cand.is_file():
+                return cand
+    raise ConfigError(f"config file not found: {name}")
