@@ -13,14 +13,11 @@ crash or SIGKILL mid-write is never taken as the latest (it is ignored and logge
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
-from collections.abc import Sequence
 from typing import Any
 
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers
 
 from prorl_jax.errors import CheckpointError
 
@@ -28,16 +25,6 @@ log = logging.getLogger(__name__)
 
 ITEMS = ("params", "state", "meta")
 _COMMIT_MARKER = "commit_success.txt"
-
-
-@dataclasses.dataclass
-class _KeepSteps(checkpoint_managers.PreservationPolicy):
-    """Preserves an explicit, growing set of steps (the pre-reset snapshots)."""
-
-    steps: set[int] = dataclasses.field(default_factory=set)
-
-    def should_preserve(self, checkpoints, *, context):
-        return [c.step in self.steps for c in checkpoints]
 
 
 def is_complete(step_dir: pathlib.Path) -> bool:
@@ -69,33 +56,20 @@ class Checkpointer:
 
     Args:
       directory: where step directories go (created).
-      keep_last: number of most recent checkpoints kept; older ones are deleted except
-        steps passed to `save(..., keep=True)` (pre-reset snapshots), which stay forever.
+      keep_last: number of most recent checkpoints kept (None: all).
       async_save: write in a background thread; call `wait()` before relying on it.
-      keep_steps: steps to preserve from an earlier session (read back from meta).
     """
 
-    def __init__(self, directory: str | pathlib.Path, *, keep_last: int = 3,
-                 async_save: bool = True, keep_steps: Sequence[int] = ()):
+    def __init__(self, directory: str | pathlib.Path, *, keep_last: int | None = 3,
+                 async_save: bool = True):
         self.directory = pathlib.Path(directory).absolute()
-        self._keep = _KeepSteps(set(keep_steps))
-        policy = checkpoint_managers.AnyPreservationPolicy(
-            [checkpoint_managers.LatestN(keep_last), self._keep])
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=async_save,
+            max_to_keep=keep_last, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-    @property
-    def kept_steps(self) -> list[int]:
-        return sorted(self._keep.steps)
-
-    def save(self, step: int, params: Any, state: Any | None, meta: dict, *,
-             keep: bool = False) -> None:
-        """Writes step `step`; `keep=True` preserves it past `keep_last` (reset snapshots)."""
-        if keep:
-            self._keep.steps.add(int(step))
-        meta = {**meta, "kept_steps": self.kept_steps}
+    def save(self, step: int, params: Any, state: Any | None, meta: dict) -> None:
+        """Writes step `step` (replacing an earlier checkpoint of the same step)."""
         items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if state is not None:
             items["state"] = ocp.args.StandardSave(state)

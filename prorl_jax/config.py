@@ -28,7 +28,11 @@ CONFIG_DIRS = (pathlib.Path(__file__).resolve().parent.parent / "configs",
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    """Which model to train. Exactly one of `path` (a local HF dir), `preset` or `config`."""
+    """Which model to train: `path` (a local HF dir) or a random init from `preset` / `config`.
+
+    `preset` given together with `path` names the architecture the checkpoint must have;
+    `train --dry-run` uses it when the checkpoint is not on this machine.
+    """
 
     path: str | None = None  # local Hugging Face checkpoint directory
     preset: str | None = None  # a named architecture, randomly initialised
@@ -38,9 +42,8 @@ class ModelSection:
     remat: str = "none"  # none | full | save_dots
 
     def __post_init__(self):
-        given = [k for k in ("path", "preset", "config") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise ConfigError(f"model: give only one of path, preset, config (got {', '.join(given)})")
+        if self.config is not None and (self.path is not None or self.preset is not None):
+            raise ConfigError("model: give either config or path/preset, not both")
         ModelConfig(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
 
 
@@ -174,18 +177,23 @@ class ReferenceResetConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
-    """One data source of the training mixture."""
+    """One data source of the training mixture (docs/data.md)."""
 
     kind: str = "jsonl"  # jsonl | json | parquet | verl | reasoning_gym
-    path: str | None = None
-    weight: float = 1.0
+    path: str | None = None  # a file, a directory or a glob pattern
+    weight: float = 1.0  # relative share of the mixture (normalized over sources)
     domain: str | None = None  # default domain for records that do not name one
     tasks: tuple[str, ...] = ()  # reasoning_gym task names
     task_config: dict = dataclasses.field(default_factory=dict)  # per-task kwargs
     size: int = 1000  # reasoning_gym: entries per task
     domain_map: dict = dataclasses.field(default_factory=dict)  # verl data_source/ability -> domain
+    name: str | None = None  # shown in logs and record ids; default from path or kind
+    seed: int = 0  # reasoning_gym: generation seed (use different seeds for train and val)
+    limit: int = 0  # keep only the first `limit` records; 0 = all
 
     def __post_init__(self):
+        from prorl_jax.data.records import DOMAINS  # lazy: data imports this module
+
         kinds = ("jsonl", "json", "parquet", "verl", "reasoning_gym")
         if self.kind not in kinds:
             raise ConfigError(f"data.sources[].kind must be one of {kinds}, got {self.kind!r}")
@@ -195,19 +203,42 @@ class SourceConfig:
             raise ConfigError(f"data.sources[].path is required for kind {self.kind!r}")
         if self.kind == "reasoning_gym" and not self.tasks:
             raise ConfigError("data.sources[].tasks is required for kind 'reasoning_gym'")
+        if self.domain is not None and self.domain not in DOMAINS:
+            raise ConfigError(f"data.sources[].domain must be one of {DOMAINS}, got {self.domain!r}")
+        for key, dom in self.domain_map.items():
+            if dom not in DOMAINS:
+                raise ConfigError(f"data.sources[].domain_map[{key!r}] must be one of {DOMAINS}, "
+                                  f"got {dom!r}")
+        for task, kwargs in self.task_config.items():
+            if task not in self.tasks:
+                raise ConfigError(f"data.sources[].task_config names {task!r}, which is not in tasks")
+            if not isinstance(kwargs, dict):
+                raise ConfigError(f"data.sources[].task_config[{task!r}] must be a mapping")
+        if self.size < 1 or self.limit < 0 or self.seed < 0:
+            raise ConfigError("data.sources[].size must be >= 1, limit >= 0 and seed >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     sources: tuple[SourceConfig, ...] = ()
     val_sources: tuple[SourceConfig, ...] = ()  # held-out prompts for validation
-    seed: int = 0
+    seed: int = 0  # mixture shuffling
     on_bad_record: str = "error"  # "error" | "skip" (skip and count)
     suffixes: dict = dataclasses.field(default_factory=dict)  # domain -> instruction suffix
+    use_chat_template: bool = True  # False: plain text + suffix, even if the tokenizer has one
 
     def __post_init__(self):
+        from prorl_jax.data.records import DOMAINS  # lazy: data imports this module
+
         if self.on_bad_record not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
+        if self.seed < 0:
+            raise ConfigError(f"data.seed must be >= 0, got {self.seed}")
+        for dom, text in self.suffixes.items():
+            if dom not in DOMAINS:
+                raise ConfigError(f"data.suffixes: unknown domain {dom!r} (known: {DOMAINS})")
+            if not isinstance(text, str):
+                raise ConfigError(f"data.suffixes[{dom!r}] must be a string, got {text!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +297,6 @@ class TrainConfig:
 
     steps: int = 2000
     seed: int = 0
-    run_dir: str = "runs/prorl"
     model: ModelSection = ModelSection()
     mesh: MeshConfig = MeshConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -282,6 +312,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 0:
             raise ConfigError(f"steps must be >= 0, got {self.steps}")
+        rows = self.rl.mini_batch_prompts * self.sampling.n
+        if rows % self.rl.micro_batches:
+            raise ConfigError(
+                f"rl.micro_batches ({self.rl.micro_batches}) must divide the mini-batch of "
+                f"rl.mini_batch_prompts x sampling.n = {rows} sequences")
+        if self.rl.dynamic_sampling and self.sampling.n < 2:
+            raise ConfigError("sampling.n must be >= 2 for GRPO groups (dynamic sampling needs "
+                              "reward variance within a group)")
 
 
 # ----------------------------------------------------------------------------- loading

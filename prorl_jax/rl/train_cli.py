@@ -1,0 +1,77 @@
+"""`prorl-jax train`: run ProRL (no --config: the embedded CPU demo, configs/demo.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import pathlib
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file or shipped config name (default: demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set rl.kl_coef=1e-3 (repeatable)")
+    p.add_argument("--run-dir", help="run directory (default: runs/<config>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run from its latest complete checkpoint")
+    p.add_argument("--reset-reference", action="store_true",
+                   help="with --resume: reset the reference policy to the current policy first")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (parameters, per-device memory, shapes) and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from prorl_jax.config import load_config, resolve_config_path
+    from prorl_jax.errors import ConfigError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.reset_reference and not args.resume:
+        raise ConfigError("--reset-reference needs --resume RUN_DIR")
+    if args.resume:
+        run_dir = pathlib.Path(args.resume)
+        path = run_dir / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
+    else:
+        path = resolve_config_path(args.config)
+    cfg = load_config(path, args.overrides)
+
+    if args.dry_run:
+        from prorl_jax.rl.plan import format_plan, memory_plan
+
+        print(format_plan(cfg, memory_plan(cfg), path))
+        return 0
+
+    if args.resume:
+        run_dir = pathlib.Path(args.resume)
+    elif args.run_dir:
+        run_dir = pathlib.Path(args.run_dir)
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = pathlib.Path("runs") / f"{pathlib.Path(path).stem}-{stamp}"
+
+    from prorl_jax.rl.trainer import Trainer
+
+    trainer = Trainer(cfg, run_dir, resume=bool(args.resume), reset_reference=args.reset_reference)
+    summary = trainer.run()
+    print(format_summary(summary))
+    return 130 if summary.get("stopped_by") == "SIGINT" else 0
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"run directory: {summary['run_dir']}"]
+    before, after = summary.get("val_before"), summary.get("val_after")
+    if before and after:
+        lines.append("held-out validation (pass@1 / mean reward):")
+        keys = sorted(k for k in after if k.startswith("val/pass@1"))
+        for k in keys:
+            b = before.get(k, float("nan"))
+            lines.append(f"  {k[len('val/'):]:<28} before {b:.3f}  after {after[k]:.3f}  "
+                         f"({after[k] - b:+.3f})")
+    if "steps" in summary:
+        lines.append(f"trained steps {summary['start_step']} -> {summary['steps']}; "
+                     f"reference resets at steps {[r['step'] for r in summary.get('resets', [])]}")
+    if "hf_dir" in summary:
+        lines.append(f"final policy (Hugging Face format): {summary['hf_dir']}")
+    return "\n".join(lines)

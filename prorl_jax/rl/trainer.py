@@ -1,0 +1,374 @@
+"""The ProRL training loop: rollouts -> rewards -> dynamic sampling -> GRPO updates,
+with reference resets, validation, Orbax checkpoints and exact resume.
+
+Run-directory layout:
+    config.yaml        the resolved config of the run
+    metrics.jsonl      one JSON object per step
+    tensorboard/       event files
+    checkpoints/<s>/   the last `checkpoint.keep_last` train states (Orbax)
+    pre_reset/<s>/     the policy/reference/optimizer just before each reference reset
+    hf/                the final policy in Hugging Face format
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from prorl_jax.checkpoint import Checkpointer, complete_steps
+from prorl_jax.config import TrainConfig, to_dict
+from prorl_jax.errors import ConfigError
+from prorl_jax.rl import batch as batching
+from prorl_jax.rl import state as state_lib
+from prorl_jax.rl.metrics_log import MetricsLogger
+from prorl_jax.rl.rollout import RolloutWorker
+from prorl_jax.rl.update import batch_logprobs, make_train_step, micro_weights
+
+log = logging.getLogger(__name__)
+
+ASSETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "assets"
+
+
+def resolve_model_path(path: str) -> pathlib.Path:
+    """A local directory, or `builtin:NAME` for a model shipped in prorl_jax/assets."""
+    if path.startswith("builtin:"):
+        return ASSETS_DIR / path.split(":", 1)[1]
+    return pathlib.Path(path).expanduser()
+
+
+def seed_for(seed: int, step: int, gen_batch: int) -> int:
+    """Sampler seed of generation batch `gen_batch` of `step`: independent of history."""
+    return int(np.random.SeedSequence([seed, step, gen_batch]).generate_state(1)[0] >> 1)
+
+
+class _StopFlag:
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint and exits at the next
+    safe point. A second signal restores the default behaviour (immediate exit)."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        log.warning("%s received: finishing the current step, saving a checkpoint, exiting",
+                    self.signal)
+        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """Owns everything of one run; `run()` trains to `cfg.steps` and returns a summary."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | pathlib.Path, *, resume: bool = False,
+                 reset_reference: bool = False, console=print):
+        from prorl_jax.model import hf
+        from prorl_jax.sharding import TRAIN_RULES, make_mesh, shardings_for
+
+        self.cfg = cfg
+        self.run_dir = pathlib.Path(run_dir)
+        self.console = console
+        self.manual_reset = reset_reference
+        ckpt_dir = self.run_dir / "checkpoints"
+        if not resume and complete_steps(ckpt_dir):
+            raise ConfigError(f"{self.run_dir} already holds checkpoints: resume it with "
+                              f"--resume {self.run_dir}, or pick another --run-dir")
+        if resume and not complete_steps(ckpt_dir):
+            raise ConfigError(f"--resume {self.run_dir}: no complete checkpoint in {ckpt_dir}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+        if cfg.model.path is None:
+            raise ConfigError("model.path: training needs a Hugging Face checkpoint directory "
+                              "(with its tokenizer)")
+        self.model_dir = resolve_model_path(cfg.model.path)
+        m = cfg.mesh
+        self.mesh = make_mesh(m.data, m.fsdp, m.tensor) if m.data * m.fsdp * m.tensor > 1 else None
+        model_cfg, params = hf.load_hf(self.model_dir, dtype=cfg.model.param_dtype)
+        self.model_cfg = model_cfg.replace(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+                                           remat=cfg.model.remat)
+        if self.mesh is not None:
+            from prorl_jax.model.qwen import param_axes
+
+            params = jax.device_put(
+                params, shardings_for(param_axes(self.model_cfg), self.mesh, TRAIN_RULES))
+        self.optimizer = state_lib.make_optimizer(cfg.optim)
+        self.state = state_lib.init_train_state(params, self.optimizer, cfg.seed)
+
+        from transformers import AutoTokenizer
+
+        from prorl_jax import data as data_lib
+        from prorl_jax import rewards
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            eos = model_cfg.eos_token_id
+        if eos is None:
+            raise ConfigError(f"{self.model_dir}: the tokenizer defines no eos token")
+        self.eos_id = int(eos)
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                          else eos)
+        self.formatter = data_lib.ChatFormatter(self.tokenizer, cfg.data.suffixes or None,
+                                                cfg.sampling.max_prompt_tokens)
+        self.iterator = data_lib.build_iterator(cfg.data, split="train")
+        self.val_records = (data_lib.build_iterator(cfg.data, split="val").next_batch(
+            cfg.validation.num_prompts) if cfg.data.val_sources else [])
+        self.pool = rewards.RewardPool(cfg.rewards.num_workers, cfg.rewards.timeout_s)
+        self.worker = RolloutWorker(cfg, self.model_cfg, self.mesh, self.formatter,
+                                    self.tokenizer, self.pool, stop_token_ids=(self.eos_id,))
+        self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
+                                 async_save=cfg.checkpoint.async_save)
+        self.counters: dict[str, Any] = {"kl_streak": 0, "val_history": [], "resets": [],
+                                         "skipped_updates": 0, "dropped_prompts": 0}
+        self._train_steps: dict[int, Any] = {}
+        resume_step = None
+        if resume:
+            resume_step = self._restore()
+        self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
+                                     run_config=to_dict(cfg))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _meta(self) -> dict:
+        return {"model_config": self.model_cfg.to_hf_config(),
+                "data_iterator": self.iterator.state_dict(),
+                "counters": {**self.counters, "dropped_prompts": self.worker.dropped_prompts}}
+
+    def _split_state(self):
+        s = self.state
+        return s.params, {"step": s.step, "opt_state": s.opt_state, "ref_params": s.ref_params,
+                          "rng": s.rng}
+
+    def save(self) -> None:
+        params, rest = self._split_state()
+        self.ckpt.save(int(self.state.step), params, rest, self._meta())
+
+    def _restore(self) -> int:
+        abstract = lambda t: jax.tree.map(  # noqa: E731
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), t)
+        params_t, rest_t = self._split_state()
+        params, rest, meta = self.ckpt.restore(params_target=abstract(params_t),
+                                               state_target=abstract(rest_t))
+        self.state = state_lib.TrainState(step=rest["step"], params=params,
+                                          opt_state=rest["opt_state"],
+                                          ref_params=rest["ref_params"], rng=rest["rng"])
+        self.iterator.load_state_dict(meta["data_iterator"])
+        self.counters.update(meta["counters"])
+        self.worker.dropped_prompts = self.counters["dropped_prompts"]
+        step = int(self.state.step)
+        self.console(f"resumed {self.run_dir} at step {step}")
+        return step
+
+    # ------------------------------------------------------------------ resets
+
+    def reset_reference(self, reason: str) -> None:
+        """Saves the pre-reset state, then reference := policy (and optimizer re-init)."""
+        step = int(self.state.step)
+        params, rest = self._split_state()
+        snap = Checkpointer(self.run_dir / "pre_reset", keep_last=None, async_save=False)
+        snap.save(step, params, rest, {**self._meta(), "reason": reason})
+        snap.close()
+        self.state = state_lib.reset_reference(
+            self.state, self.optimizer, reset_optimizer=self.cfg.reference_reset.reset_optimizer)
+        self.counters["kl_streak"] = 0
+        self.counters["resets"].append({"step": step, "reason": reason})
+        log.info("reference reset at step %d (%s)", step, reason)
+
+    def _reset_due(self, step: int, m: dict) -> str | None:
+        rr = self.cfg.reference_reset
+        if rr.every_steps and step % rr.every_steps == 0 and step < self.cfg.steps:
+            return f"every {rr.every_steps} steps"
+        if rr.kl_fraction > 0 and "kl" in m:
+            dominated = self.cfg.rl.kl_coef * m["kl"] > rr.kl_fraction * abs(m.get("pg_loss", 0.0))
+            self.counters["kl_streak"] = self.counters["kl_streak"] + 1 if dominated else 0
+            if self.counters["kl_streak"] >= rr.kl_patience:
+                return f"KL term above {rr.kl_fraction} of the policy loss for {rr.kl_patience} steps"
+        hist = self.counters["val_history"]
+        if rr.val_patience and "val/reward/mean" in m and len(hist) > rr.val_patience:
+            best_before = max(h for h in hist[:-rr.val_patience])
+            if max(hist[-rr.val_patience:]) <= best_before:
+                return f"validation reward did not improve for {rr.val_patience} evaluations"
+        return None
+
+    # ------------------------------------------------------------------ one step
+
+    def _train_step_fn(self, prompt_len: int):
+        fn = self._train_steps.get(prompt_len)
+        if fn is None:
+            fn = make_train_step(self.model_cfg, self.cfg.rl, self.optimizer,
+                                 prompt_len=prompt_len, temperature=self._temperature)
+            self._train_steps[prompt_len] = fn
+        return fn
+
+    @property
+    def _temperature(self) -> float:
+        # verl computes training logprobs at the rollout temperature; greedy rollouts -> 1.
+        return self.cfg.sampling.temperature or 1.0
+
+    def _logprobs(self, params, arrays: dict, prompt_len: int) -> np.ndarray:
+        """Logprobs of all rows in slices of one micro-batch (bounded memory)."""
+        rows = arrays["tokens"].shape[0]
+        size = max(1, self.cfg.rl.mini_batch_prompts * self.cfg.sampling.n // self.cfg.rl.micro_batches)
+        out = []
+        for start in range(0, rows, size):
+            sl = {k: v[start:start + size] for k, v in arrays.items()}
+            sl = batching.pad_rows(sl, size)
+            lp = batch_logprobs(self.model_cfg, params, jnp.asarray(sl["tokens"]),
+                                jnp.asarray(sl["attention_mask"]), prompt_len=prompt_len,
+                                temperature=self._temperature)
+            out.append(np.asarray(lp)[: min(size, rows - start)])
+        return np.concatenate(out)
+
+    def update(self, groups, step: int) -> dict:
+        """PPO epochs over mini-batches of the kept groups; returns averaged metrics."""
+        cfg = self.cfg
+        prompt_len = batching.bucket_prompt_len(max(len(p) for p in groups.prompt_ids),
+                                                cfg.sampling.max_prompt_tokens)
+        arrays = batching.layout(groups, prompt_len, self.pad_id)
+        arrays["advantages"] = batching.advantages(cfg, groups.rewards, arrays["response_mask"])
+        arrays["old_logprobs"] = self._logprobs(self.state.params, arrays, prompt_len)
+        if cfg.rl.kl_coef != 0:
+            arrays["ref_logprobs"] = self._logprobs(self.state.ref_params, arrays, prompt_len)
+        else:
+            arrays["ref_logprobs"] = arrays["old_logprobs"]
+        train_step = self._train_step_fn(prompt_len)
+        rng = np.random.default_rng([cfg.seed, step])
+        params, opt_state = self.state.params, self.state.opt_state
+        collected: list[dict] = []
+        for _ in range(cfg.rl.ppo_epochs):
+            order = rng.permutation(groups.num_groups)
+            for mb in batching.minibatches(arrays, order, cfg):
+                mb["weight"] = micro_weights(mb["response_mask"], cfg.rl.micro_batches,
+                                             cfg.rl.loss_agg)
+                mb = {k: jnp.asarray(v) for k, v in mb.items()}
+                params, opt_state, m = train_step(params, opt_state, mb)
+                collected.append(m)
+        self.state = self.state.replace(params=params, opt_state=opt_state)
+        stacked = {k: np.asarray([float(m[k]) for m in collected]) for k in collected[0]}
+        out = {k: float(v.max() if k.endswith("max") else v.mean()) for k, v in stacked.items()}
+        out["skipped"] = float(stacked["skipped"].sum())
+        self.counters["skipped_updates"] += int(out["skipped"])
+        if out["skipped"]:
+            log.warning("step %d: %d update(s) skipped for a non-finite loss or gradient",
+                        step, int(out["skipped"]))
+        return out
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self) -> dict:
+        if not self.val_records:
+            return {}
+        from prorl_jax.eval.runner import validate_records
+
+        v = self.cfg.validation
+        return validate_records(self.model_cfg, self.state.params, self.formatter, self.tokenizer,
+                                self.val_records, self.pool, n=v.n, temperature=v.temperature,
+                                top_p=v.top_p, max_new_tokens=v.max_new_tokens,
+                                stop_token_ids=(self.eos_id,), seed=self.cfg.seed, mesh=self.mesh)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        start = int(self.state.step)
+        summary: dict[str, Any] = {"run_dir": str(self.run_dir), "start_step": start}
+        if self.manual_reset:
+            self.reset_reference("manual (--reset-reference)")
+        if self.val_records and start == 0:
+            before = self.validate()
+            summary["val_before"] = before
+            self.counters["val_history"].append(before.get("val/reward/mean", 0.0))
+            self.metrics.write(0, before)
+        progress = _progress(cfg, start)
+        stop = _StopFlag()
+        with stop:
+            step = start
+            while step < cfg.steps and stop.signal is None:
+                m = self._one_step(step)
+                step = int(self.state.step)
+                self.metrics.write(step, m)
+                progress.update(1)
+                progress.set_postfix(reward=f"{m['reward/mean']:.3f}", kl=f"{m.get('kl', 0):.2e}")
+                if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+                    self.save()
+            progress.close()
+            if stop.signal is not None:
+                self.save()
+                self.ckpt.wait()
+                summary["stopped_by"] = stop.signal
+                self.console(f"stopped by {stop.signal} at step {step}; checkpoint saved in "
+                             f"{self.ckpt.directory}; continue with --resume {self.run_dir}")
+                self.close()
+                return summary
+        self.save()
+        self.ckpt.wait()
+        if self.val_records:
+            after = self.validate()
+            summary["val_after"] = after
+        if cfg.checkpoint.export_hf:
+            from prorl_jax.model.hf import save_hf
+
+            save_hf(self.run_dir / "hf", self.model_cfg, self.state.params,
+                    tokenizer_dir=self.model_dir)
+            summary["hf_dir"] = str(self.run_dir / "hf")
+        summary["steps"] = int(self.state.step)
+        summary["resets"] = list(self.counters["resets"])
+        self.close()
+        return summary
+
+    def _one_step(self, step: int) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        groups, m = self.worker.collect(self.state.params, self.iterator,
+                                        lambda i: seed_for(cfg.seed, step, i))
+        t1 = time.perf_counter()
+        if groups is not None:
+            m.update(self.update(groups, step))
+        t2 = time.perf_counter()
+        self.state = self.state.replace(step=self.state.step + 1)
+        step += 1
+        m["time/train"] = t2 - t1
+        m["time/step"] = t2 - t0
+        m["tokens_per_second"] = m["tokens/generated"] / max(t2 - t0, 1e-9)
+        m["epoch"] = getattr(self.iterator, "epoch", 0)
+        if cfg.validation.every_steps and step % cfg.validation.every_steps == 0 \
+                and step < cfg.steps and self.val_records:
+            v = self.validate()
+            m.update(v)
+            self.counters["val_history"].append(v.get("val/reward/mean", 0.0))
+        reason = self._reset_due(step, m)
+        if reason is not None:
+            self.reset_reference(reason)
+            m["reference_reset"] = True
+        return m
+
+    def close(self) -> None:
+        self.ckpt.close()
+        self.pool.close()
+        self.metrics.close()
+
+
+def _progress(cfg: TrainConfig, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc="ProRL", unit="step",
+                disable=not cfg.logging.progress, dynamic_ncols=True)

@@ -1,0 +1,135 @@
+"""Jitted pieces of the GRPO update: sequence logprobs and one optimizer step.
+
+A training sequence is a left-padded prompt [P] followed by a right-padded response [R]
+(T = P + R). The hidden state at position P - 1 + t predicts response token t, so the
+response logprobs come from hidden[:, P-1 : P+R-1] and the lm head, computed over sequence
+chunks so the [B, R, V] float32 logits never exist at once.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from prorl_jax import losses
+from prorl_jax.config import RLConfig
+from prorl_jax.model import qwen
+from prorl_jax.model.config import ModelConfig
+
+SEQ_MEAN_MODES = ("seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def response_logprobs(cfg: ModelConfig, params, tokens, attention_mask, prompt_len: int,
+                      temperature: float, *, with_entropy: bool = False,
+                      chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+    """Logprobs (and entropies) of the response tokens under softmax(logits / temperature).
+
+    Args:
+      tokens: int32 [B, T] prompt (left-padded to prompt_len) + response (right-padded).
+      attention_mask: [B, T] 1 on real prompt and response tokens.
+      prompt_len: P, static.
+    Returns:
+      logp float32 [B, R] (and entropy float32 [B, R] when with_entropy).
+    """
+    hidden = qwen.forward_hidden(cfg, params, tokens, attention_mask=attention_mask)  # [B, T, D]
+    h = hidden[:, prompt_len - 1:-1]  # [B, R, D]
+    response = tokens[:, prompt_len:]  # [B, R]
+    w = qwen.unembed_matrix(cfg, params)  # [D, V]
+    logp, ent = losses.logprobs_and_entropy_from_hidden(h, w, response, temperature,
+                                                        chunk_size=chunk_size)
+    return (logp, ent) if with_entropy else logp
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "temperature", "chunk_size"))
+def batch_logprobs(cfg, params, tokens, attention_mask, *, prompt_len, temperature,
+                   chunk_size=losses.DEFAULT_CHUNK_SIZE):
+    """Jitted `response_logprobs` without gradients: old and reference logprobs."""
+    return response_logprobs(cfg, params, tokens, attention_mask, prompt_len, temperature,
+                             chunk_size=chunk_size)
+
+
+def micro_weights(response_mask, micro_batches: int, agg: str):
+    """Each micro-batch's share of the mini-batch normaliser (host-side numpy).
+
+    The loss of a micro-batch is a mean over its own tokens (or sequences); weighting
+    it by its share of all tokens (sequences) makes the accumulated gradient equal to
+    the gradient of the loss over the whole mini-batch.
+
+    Args:
+      response_mask: [M, b, R] numpy, M = micro_batches.
+    Returns:
+      float32 [M], summing to 1 (0 for micro-batches with nothing valid).
+    """
+    import numpy as np
+
+    m = np.asarray(response_mask, bool).reshape(micro_batches, -1, response_mask.shape[-1])
+    if agg in SEQ_MEAN_MODES:
+        counts = m.any(-1).sum(-1).astype(np.float64)
+    else:
+        counts = m.sum((-2, -1)).astype(np.float64)
+    total = counts.sum()
+    return (counts / total if total > 0 else counts).astype(np.float32)
+
+
+def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTransformation, *,
+                    prompt_len: int, temperature: float,
+                    chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+    """Builds the jitted update `step(params, opt_state, batch) -> (params, opt_state, metrics)`.
+
+    batch: dict of arrays with a leading micro-batch axis M:
+      tokens int32 [M, b, T], attention_mask [M, b, T], response_mask [M, b, R],
+      old_logprobs / ref_logprobs float32 [M, b, R], advantages float32 [M, b],
+      weight float32 [M] (from `micro_weights`).
+    Gradients are accumulated over M in a scan (memory of one micro-batch). A non-finite
+    loss or gradient leaves params and optimizer state unchanged; metrics["skipped"] = 1.
+    """
+    want_entropy = rl.entropy_coef != 0.0
+
+    def loss_fn(params, mb):
+        logp, ent = response_logprobs(cfg, params, mb["tokens"], mb["attention_mask"],
+                                      prompt_len, temperature, with_entropy=True,
+                                      chunk_size=chunk_size)
+        loss, metrics = losses.grpo_loss(
+            logp, mb["old_logprobs"], mb["ref_logprobs"], mb["advantages"], mb["response_mask"],
+            clip_low=rl.clip_low, clip_high=rl.clip_high, clip_c=rl.clip_c,
+            kl_coef=rl.kl_coef, kl_kind=rl.kl_kind,
+            entropy=ent if want_entropy else jax.lax.stop_gradient(ent),
+            entropy_coef=rl.entropy_coef, agg=rl.loss_agg)
+        return loss * mb["weight"], metrics
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(params, opt_state, batch):
+        def accumulate(carry, mb):
+            grads, metrics = carry
+            (_, m), g = grad_fn(params, mb)
+            grads = jax.tree.map(jnp.add, grads, g)
+            # Means combine by the micro-batch weights; maxima by max.
+            metrics = {k: (jnp.maximum(metrics[k], v) if k.endswith("max")
+                           else metrics[k] + mb["weight"] * v) for k, v in m.items()}
+            return (grads, metrics), None
+
+        zero_grads = jax.tree.map(jnp.zeros_like, params)
+        first = jax.tree.map(lambda x: x[0], batch)
+        zero_metrics = {k: (jnp.full(v.shape, -jnp.inf, v.dtype) if k.endswith("max")
+                            else jnp.zeros(v.shape, v.dtype))
+                        for k, v in jax.eval_shape(loss_fn, params, first)[1].items()}
+        (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), batch)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        metrics = {**metrics, "grad_norm": grad_norm,
+                   "skipped": (~finite).astype(jnp.float32)}
+        return keep(new_params, params), keep(new_opt_state, opt_state), metrics
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def tree_bytes(tree: Any) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))

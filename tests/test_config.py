@@ -1,0 +1,101 @@
+"""Config loading: every shipped file loads; user errors are one clear line with exit code 2."""
+
+import pathlib
+
+import pytest
+
+from prorl_jax import cli
+from prorl_jax.config import (
+    RLConfig,
+    TrainConfig,
+    apply_overrides,
+    build,
+    load_config,
+    resolve_config_path,
+)
+from prorl_jax.errors import ConfigError
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def test_configs_directory_is_not_empty():
+    names = {p.stem for p in CONFIGS}
+    assert {"demo", "prorl_1.5b", "prorl_v2_1.5b"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.rl.prompts_per_step % cfg.rl.mini_batch_prompts == 0
+
+
+def test_recipe_values_in_prorl_config():
+    cfg = load_config(resolve_config_path("prorl_1.5b"))
+    # ../shared/recipe.md: clip-higher 0.2/0.4, k3 KL 1e-4, lr 2e-6, 256 x 16, mini-batch 64.
+    assert (cfg.rl.clip_low, cfg.rl.clip_high, cfg.rl.clip_c) == (0.2, 0.4, 3.0)
+    assert (cfg.rl.kl_kind, cfg.rl.kl_coef, cfg.rl.entropy_coef) == ("low_var_kl", 1e-4, 0.0)
+    assert cfg.optim.lr == 2e-6 and cfg.sampling.temperature == 1.2 and cfg.sampling.top_p == 1.0
+    assert (cfg.rl.prompts_per_step, cfg.sampling.n, cfg.rl.mini_batch_prompts) == (256, 16, 64)
+    assert cfg.sampling.max_new_tokens == 8192 and cfg.reference_reset.reset_optimizer
+    v2 = load_config(resolve_config_path("prorl_v2_1.5b"))
+    assert v2.rl.advantage == "reinforce_pp_baseline" and v2.rl.kl_kind == "k2"
+    assert not v2.reference_reset.reset_optimizer and v2.reference_reset.every_steps > 0
+
+
+def test_set_overrides_convert_types():
+    cfg = load_config(None, ["rl.kl_coef=1e-3", "sampling.n=4", "rl.clip_c=null",
+                             "rl.dynamic_sampling=false", "optim.lr=3", "rl.mini_batch_prompts=8",
+                             "rl.prompts_per_step=16"])
+    assert cfg.rl.kl_coef == 1e-3 and isinstance(cfg.rl.kl_coef, float)
+    assert cfg.sampling.n == 4 and cfg.rl.clip_c is None and cfg.rl.dynamic_sampling is False
+    assert cfg.optim.lr == 3.0 and isinstance(cfg.optim.lr, float)
+
+
+def test_nested_lists_of_dataclasses():
+    data = apply_overrides({"data": {"sources": [{"kind": "reasoning_gym",
+                                                  "tasks": ["chain_sum"]}]}}, [])
+    cfg = build(TrainConfig, data)
+    assert cfg.data.sources[0].tasks == ("chain_sum",)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("rl:\n  clip_lowx: 0.1\n", "unknown key 'rl.clip_lowx'"),
+    ("sampling:\n  n: four\n", "sampling.n: expected an integer, got 'four'"),
+    ("rl:\n  dynamic_sampling: 3\n", "rl.dynamic_sampling: expected true or false"),
+    ("model:\n  config:\n    num_attention_heads: 12\n    num_key_value_heads: 5\n",
+     "model.num_attention_heads (12) must be divisible by model.num_key_value_heads (5)"),
+    ("rl:\n  clip_c: 0.5\n", "rl.clip_c must be > 1"),
+    ("rl:\n  prompts_per_step: 10\n  mini_batch_prompts: 4\n", "must be divisible by"),
+    ("- just\n- a list\n", "top level must be a mapping"),
+    ("rl: [unclosed\n", "is not valid YAML"),
+])
+def test_bad_config_is_one_line_with_key_and_file(tmp_path, capsys, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert expected in str(e.value) and str(path) in str(e.value)
+    # Through the CLI: exit code 2, one line on stderr, no traceback.
+    code = cli.main(["train", "--config", str(path), "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err
+
+
+def test_bad_override_names_key():
+    with pytest.raises(ConfigError, match="unknown key 'rl.nope'"):
+        load_config(None, ["rl.nope=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["rl.kl_coef"])
+
+
+def test_missing_config_file(capsys):
+    assert cli.main(["train", "--config", "/nonexistent/x.yaml", "--dry-run"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_defaults_are_the_prorl_v1_recipe():
+    rl = RLConfig()
+    assert (rl.clip_low, rl.clip_high, rl.clip_c, rl.kl_coef, rl.kl_kind, rl.loss_agg) == (
+        0.2, 0.4, 3.0, 1e-4, "low_var_kl", "token-mean")
