@@ -1,0 +1,418 @@
+"""Qwen2 / Qwen2.5 / R1-Distill-Qwen / Qwen3 dense decoder: Flax linen modules + pure forward.
+
+Params are a plain nested dict with the decoder layers stacked on a leading L axis (one
+`nn.scan` over layers keeps compile time flat in depth):
+
+    embed/embedding               [V, D]
+    layers/attn_norm/scale        [L, D]
+    layers/attn/{q,k,v}/kernel    [L, D, N|K, H]    (+ bias [L, N|K, H] when attention_bias)
+    layers/attn/o/kernel          [L, N, H, D]
+    layers/attn/{q,k}_norm/scale  [L, H]            (qk_norm, Qwen3)
+    layers/mlp_norm/scale         [L, D]
+    layers/mlp/{gate,up}/kernel   [L, D, F]
+    layers/mlp/down/kernel        [L, F, D]
+    final_norm/scale              [D]
+    lm_head/kernel                [D, V]            (absent when tie_word_embeddings)
+
+The KV cache is an explicit pytree argument and return value (`KVCache`), stacked per layer
+the same way. Numerics follow transformers' eager Qwen2/Qwen3 attention: RMSNorm in float32,
+half-split RoPE computed in float32, attention scores and softmax in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prorl_jax import sharding
+from prorl_jax.model.config import ModelConfig
+
+Params = dict[str, Any]
+
+_INIT_STD = 0.02  # transformers' initializer_range default for Qwen
+
+
+def _dtype(name: str):
+    return jnp.dtype(name)
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer, one slot per position written so far.
+
+    k, v:   [L, B, S, K, H] compute dtype
+    mask:   bool [B, S]      slot holds a real (non-padding) token
+    index:  int32 []         next slot to write (the same for every row)
+    """
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    index: jax.Array
+
+
+def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim; statistics in float32 as transformers does."""
+
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("norm",),
+                       self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+        return y * scale.astype(self.dtype)
+
+
+class Proj(nn.Module):
+    """A linear map written as one einsum, with an optional bias over the output dims."""
+
+    eqn: str
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    bias_ndim: int  # 0 = no bias; else the bias covers the kernel's last bias_ndim dims
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        w = _param(self, "kernel", nn.initializers.normal(_INIT_STD), self.shape, self.axes,
+                   self.param_dtype)
+        y = jnp.einsum(self.eqn, x, w.astype(self.dtype))
+        if self.bias_ndim:
+            b = _param(self, "bias", nn.initializers.zeros, self.shape[-self.bias_ndim:],
+                       self.axes[-self.bias_ndim:], self.param_dtype)
+            y = y + b.astype(self.dtype)
+        return y
+
+
+def _rope(x, sin, cos):
+    """Half-split rotary embedding (transformers' rotate_half convention).
+
+    x: [B, T, N, H]; sin, cos: [B, T, H] in x's dtype.
+    """
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, sin, cos, allowed, kv, index):
+        """x [B, T, D]; sin/cos [B, T, H]; allowed bool [B, T, S]; kv None or ([B, S, K, H] x2)."""
+        cfg = self.cfg
+        dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        D, N, K, H = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        G = N // K
+        bias = 2 if cfg.attention_bias else 0
+        proj = functools.partial(Proj, dtype=dt, param_dtype=pdt)
+        q = proj("BTD,DNH->BTNH", (D, N, H), ("embed", "q_heads", "head_dim"), bias, name="q")(x)
+        k = proj("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"), bias, name="k")(x)
+        v = proj("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"), bias, name="v")(x)
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="k_norm")(k)
+        q = sharding.constrain(_rope(q, sin, cos), ("batch", "seq", "act_q_heads", "act_head_dim"))
+        k = sharding.constrain(_rope(k, sin, cos), ("batch", "seq", "act_kv_heads", "act_head_dim"))
+        v = sharding.constrain(v, ("batch", "seq", "act_kv_heads", "act_head_dim"))
+
+        if kv is None:
+            keys, values, new_kv = k, v, None  # S = T
+        else:
+            cache_axes = ("batch", "cache_seq", "act_kv_heads", "act_head_dim")
+            k_cache, v_cache = kv
+            keys = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+            values = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+            keys, values = sharding.constrain(keys, cache_axes), sharding.constrain(values, cache_axes)
+            new_kv = (keys, values)
+
+        with jax.named_scope("attention"):
+            B, T = q.shape[:2]
+            q = q.reshape(B, T, K, G, H)  # [B, T, K, G, H]: GQA without repeating the kv heads
+            scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, keys.astype(dt),
+                                preferred_element_type=jnp.float32) * (H ** -0.5)
+            # finfo.min (not -inf) keeps a fully masked row (left padding) finite: uniform, no NaN.
+            scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+            out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values.astype(dt)).reshape(B, T, N, H)
+        out = proj("BTNH,NHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"), 0, name="o")(out)
+        return out, new_kv
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        D, F = cfg.hidden_size, cfg.intermediate_size
+        proj = functools.partial(Proj, dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype),
+                                 bias_ndim=0)
+        gate = proj("BTD,DF->BTF", (D, F), ("embed", "mlp"), name="gate")(x)
+        up = proj("BTD,DF->BTF", (D, F), ("embed", "mlp"), name="up")(x)
+        h = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "seq", "act_mlp"))  # [B, T, F]
+        return proj("BTF,FD->BTD", (F, D), ("mlp", "embed"), name="down")(h)
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer; scanned, so it returns (carry, per-layer output)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, kv, sin, cos, allowed, index):
+        cfg = self.cfg
+        dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        with jax.named_scope("attn"):
+            h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="attn_norm")(x)
+            h, new_kv = Attention(cfg, name="attn")(h, sin, cos, allowed, kv, index)
+            x = x + h
+        with jax.named_scope("mlp"):
+            h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="mlp_norm")(x)
+            x = x + MLP(cfg, name="mlp")(h)
+        return sharding.constrain(x, ("batch", "seq", "act_embed")), new_kv
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    # Keep projection / MLP matmul outputs; recompute attention scores (batched dots).
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Qwen(nn.Module):
+    """Embedding, scanned decoder layers, final norm. Returns normed hidden states."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions, allowed, kv, index):
+        cfg = self.cfg
+        dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        emb = _param(self, "embedding", nn.initializers.normal(_INIT_STD),
+                     (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdt)
+        if not cfg.tie_word_embeddings:
+            # Created here so init makes it; applied by `forward` through unembed_matrix.
+            _param(self, "lm_head", nn.initializers.normal(_INIT_STD),
+                   (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
+        x = sharding.constrain(jnp.take(emb, tokens, axis=0).astype(dt), ("batch", "seq", "act_embed"))
+
+        with jax.named_scope("rope"):
+            H = cfg.head_dim
+            inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, H, 2, dtype=np.float32) / H))
+            angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+            angles = jnp.concatenate([angles, angles], axis=-1)  # [B, T, H]
+            sin, cos = jnp.sin(angles).astype(dt), jnp.cos(angles).astype(dt)
+
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        layers = nn.scan(
+            block, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, name="layers")
+        x, new_kv = layers(x, kv, sin, cos, allowed, index)
+        x = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
+        return x, new_kv
+
+
+def _restructure(variables: dict) -> Params:
+    """Flax names the top-level params 'embedding' / 'lm_head'; give them their own groups."""
+    p = dict(variables["params"])
+    out = {"embed": {"embedding": p.pop("embedding")}}
+    if "lm_head" in p:
+        out["lm_head"] = {"kernel": p.pop("lm_head")}
+    out.update(p)
+    return out
+
+
+def _to_flax(params: Params) -> dict:
+    p = {k: v for k, v in params.items() if k not in ("embed", "lm_head")}
+    p["embedding"] = params["embed"]["embedding"]
+    if "lm_head" in params:
+        p["lm_head"] = params["lm_head"]["kernel"]
+    return {"params": p}
+
+
+def _boxed_init(cfg: ModelConfig, rng):
+    dummy = jnp.zeros((1, 1), jnp.int32)
+    return Qwen(cfg).init(rng, dummy, dummy, jnp.ones((1, 1, 1), bool), None, 0)
+
+
+def param_axes(cfg: ModelConfig) -> Params:
+    """Logical axis names of every param: same tree as `init_params`, leaves tuples of names."""
+    boxed = jax.eval_shape(functools.partial(_boxed_init, cfg), jax.random.key(0))
+    names = jax.tree.map(lambda b: tuple(b.names), boxed,
+                         is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    return _restructure(names)
+
+
+def param_shapes(cfg: ModelConfig) -> Params:
+    """jax.ShapeDtypeStruct of every param (no memory allocated)."""
+    boxed = jax.eval_shape(functools.partial(_boxed_init, cfg), jax.random.key(0))
+    return _restructure(nn.meta.unbox(boxed))
+
+
+def param_shardings(cfg: ModelConfig, mesh, rules=None) -> Params:
+    """NamedSharding of every param under `rules` (default TRAIN_RULES), uneven dims replicated."""
+    rules = sharding.TRAIN_RULES if rules is None else rules
+    return sharding.shardings_for(param_axes(cfg), mesh, rules, param_shapes(cfg))
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, mesh=None, rules=None) -> Params:
+    """Random params (normal(0.02) matrices, unit norms, zero biases) in cfg.param_dtype.
+
+    Args:
+      cfg: the architecture.
+      rng: a jax PRNG key.
+      mesh: with a mesh, each param is created directly in its sharding (no full host copy).
+      rules: sharding rules (default sharding.TRAIN_RULES).
+    Returns:
+      the params dict described in the module docstring.
+    """
+    def init(key):
+        return _restructure(nn.meta.unbox(_boxed_init(cfg, key)))
+
+    if mesh is None:
+        return jax.jit(init)(rng)
+    return jax.jit(init, out_shardings=param_shardings(cfg, mesh, rules))(rng)
+
+
+def cache_axes() -> KVCache:
+    """Logical axis names of the KVCache fields (a KVCache whose leaves are tuples)."""
+    kv = ("layers", "batch", "cache_seq", "act_kv_heads", "act_head_dim")
+    return KVCache(k=kv, v=kv, mask=("batch", "cache_seq"), index=())
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None, mesh=None,
+               rules=None) -> KVCache:
+    """An empty KV cache.
+
+    Args:
+      cfg: the architecture.
+      batch: B rows.
+      max_len: S slots (prompt + generated tokens must fit; writes past S are clamped by XLA).
+      dtype: k/v dtype (default cfg.dtype).
+      mesh, rules: with a mesh, the cache is created in its sharding (default SAMPLE_RULES).
+    Returns:
+      KVCache with k, v zeros [L, B, S, K, H], mask all False [B, S], index 0.
+    """
+    dt = _dtype(dtype or cfg.dtype)
+    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+
+    def make():
+        return KVCache(k=jnp.zeros(shape, dt), v=jnp.zeros(shape, dt),
+                       mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+
+    if mesh is None:
+        return make()
+    rules = sharding.SAMPLE_RULES if rules is None else rules
+    shardings = sharding.shardings_for(cache_axes(), mesh, rules, jax.eval_shape(make))
+    return jax.jit(make, out_shardings=shardings)()
+
+
+def unembed_matrix(cfg: ModelConfig, params: Params) -> jax.Array:
+    """The lm head [D, V] (the embedding transposed when tied), in cfg.param_dtype."""
+    if cfg.tie_word_embeddings:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def _rules_key():
+    """A hashable snapshot of the active `sharding.use_rules` context (static jit arg)."""
+    active = sharding.active_rules()
+    if active is None:
+        return None
+    mesh, rules = active
+    return mesh, tuple(sorted(rules.items(), key=lambda kv: kv[0]))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "rules_key", "want_logits"))
+def _run(cfg, params, tokens, attention_mask, positions, cache, *, rules_key, want_logits):
+    if rules_key is None:
+        return _run_traced(cfg, params, tokens, attention_mask, positions, cache, want_logits)
+    mesh, rules = rules_key
+    with sharding.use_rules(mesh, dict(rules)):
+        return _run_traced(cfg, params, tokens, attention_mask, positions, cache, want_logits)
+
+
+def _run_traced(cfg, params, tokens, attention_mask, positions, cache, want_logits):
+    B, T = tokens.shape
+    mask = jnp.ones((B, T), bool) if attention_mask is None else attention_mask.astype(bool)
+    if cache is None:
+        prior = jnp.zeros((B,), jnp.int32)
+        key_mask = mask  # [B, S=T]
+        allowed = jnp.tril(jnp.ones((T, T), bool))[None] & key_mask[:, None, :]  # [B, T, S]
+        kv, index = None, 0
+    else:
+        S = cache.mask.shape[1]
+        if T > S:
+            raise ValueError(f"{T} new tokens do not fit a KV cache of {S} slots")
+        prior = jnp.sum(cache.mask, axis=1, dtype=jnp.int32)  # valid slots per row [B]
+        key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))  # [B, S]
+        q_slot = cache.index + jnp.arange(T)  # [T]
+        allowed = (jnp.arange(S)[None, :] <= q_slot[:, None])[None] & key_mask[:, None, :]
+        kv, index = (cache.k, cache.v), cache.index
+    if positions is None:
+        # Left padding: each row counts only its real tokens, so row positions are 0, 1, 2, ...
+        positions = jnp.maximum(prior[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
+
+    hidden, new_kv = Qwen(cfg).apply(_to_flax(params), tokens, positions, allowed, kv, index)
+    new_cache = None
+    if cache is not None:
+        new_cache = KVCache(k=new_kv[0], v=new_kv[1], mask=key_mask, index=cache.index + T)
+    if not want_logits:
+        return hidden, new_cache
+    with jax.named_scope("unembed"):
+        w = unembed_matrix(cfg, params).astype(hidden.dtype)  # [D, V]
+        logits = jnp.einsum("BTD,DV->BTV", hidden, w, preferred_element_type=jnp.float32)
+        logits = sharding.constrain(logits, ("batch", "seq", "act_vocab"))
+    return logits, new_cache
+
+
+def forward(cfg: ModelConfig, params: Params, tokens, attention_mask=None, positions=None,
+            cache: KVCache | None = None):
+    """Logits of a batch of token sequences.
+
+    Args:
+      cfg: the architecture (static under jit).
+      params: from init_params / load_hf.
+      tokens: int32 [B, T].
+      attention_mask: [B, T], 1 = real token, 0 = padding (left padding); default all ones.
+      positions: int32 [B, T]; default from the mask and cache (see docs/CONTRACTS.md).
+      cache: a KVCache; the T new keys/values go to slots [index, index + T).
+    Returns:
+      float32 logits [B, T, V]; with a cache, (logits, new_cache).
+    Under `sharding.use_rules(mesh, rules)` activations are sharding-constrained.
+    """
+    logits, new_cache = _run(cfg, params, tokens, attention_mask, positions, cache,
+                             rules_key=_rules_key(), want_logits=True)
+    return logits if cache is None else (logits, new_cache)
+
+
+def forward_hidden(cfg: ModelConfig, params: Params, tokens, attention_mask=None, positions=None,
+                   cache: KVCache | None = None):
+    """Final-normed hidden states [B, T, D] in cfg.dtype (and the new cache when given).
+
+    Same arguments as `forward`; pair with `unembed_matrix` to compute logits in chunks.
+    """
+    hidden, new_cache = _run(cfg, params, tokens, attention_mask, positions, cache,
+                             rules_key=_rules_key(), want_logits=False)
+    return hidden if cache is None else (hidden, new_cache)
