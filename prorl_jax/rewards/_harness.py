@@ -129,11 +129,11 @@ def _child(spec, test_input, fds, cpu_s):
     except BaseException:
         traceback.print_exc()
         code = 1
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:
-        code = code or 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            code = code or 1
     os._exit(code & 0xFF)
 
 

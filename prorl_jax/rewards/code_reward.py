@@ -73,10 +73,10 @@ def _roundtrip(value):
 
 def _passed(test: dict, expected, call_based: bool) -> str | None:
     """None if the test passed, else a short reason."""
+    if test.get("truncated"):
+        return f"output too long ({test['status']})"
     if test["status"] != "ok":
         return test["status"]
-    if test.get("truncated"):
-        return "output too long"
     if not call_based:
         same = normalize_output(test["stdout"]) == normalize_output(_as_text(expected))
         return None if same else "wrong output"
