@@ -101,20 +101,18 @@ class PromptIterator:
         if self._plan_epoch == epoch:
             return self._plan
         src = np.repeat(np.arange(len(self.sources)), self.quotas)
-        # j-th occurrence of source i in this epoch = its (epoch * q_i + j)-th draw overall.
-        occ = np.concatenate([np.arange(q) for q in self.quotas]).astype(np.int64)
         if self.shuffle:
-            order = self._rng(_PLAN, epoch).permutation(self.epoch_size)
-        else:  # spread each source evenly: slot j of source i sits at (j + 0.5) / q_i
-            order = np.lexsort((src, (occ + 0.5) / self.quotas[src]))
-        src, occ = src[order], occ[order]
-        draw = epoch * self.quotas[src] + occ
+            src = src[self._rng(_PLAN, epoch).permutation(self.epoch_size)]
+        else:  # spread each source evenly: its j-th slot sits at (j + 0.5) / q_i
+            occ = np.concatenate([np.arange(q) for q in self.quotas])
+            src = src[np.lexsort((src, (occ + 0.5) / self.quotas[src]))]
         rec = np.empty(self.epoch_size, np.int64)
         for i in range(len(self.sources)):
             sel = np.nonzero(src == i)[0]
-            if not len(sel):
-                continue
-            passes, within = np.divmod(draw[sel], self.sizes[i])
+            # The j-th slot of source i in this epoch is its (epoch * q_i + j)-th draw overall,
+            # so its records come out in exactly the order of its pass permutations.
+            draw = epoch * int(self.quotas[i]) + np.arange(len(sel))
+            passes, within = np.divmod(draw, self.sizes[i])
             for p in np.unique(passes):
                 m = passes == p
                 rec[sel[m]] = self._pass_perm(i, int(p))[within[m]]

@@ -74,6 +74,8 @@ def read_rows(path: str, *, on_bad_record: str = "error") -> RawRows:
     Raises:
       DataError: unknown suffix, unreadable file, malformed line (naming file and line).
     """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: data file not found")
     name = path.lower()
     if name.endswith(PARQUET_SUFFIXES):
         return _read_parquet(path)

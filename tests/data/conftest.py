@@ -18,7 +18,7 @@ SPECIALS = ["<unk>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence�
 
 def make_char_tokenizer(chat_template: str | None = R1_TEMPLATE):
     """One token per character (printable ASCII), R1's special tokens as added tokens."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {t: i for i, t in enumerate(SPECIALS)}
@@ -26,6 +26,7 @@ def make_char_tokenizer(chat_template: str | None = R1_TEMPLATE):
         vocab.setdefault(ch, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # characters join back without spaces
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<｜begin▁of▁sentence｜>",
         eos_token="<｜end▁of▁sentence｜>", additional_special_tokens=SPECIALS[3:])
