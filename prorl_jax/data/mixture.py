@@ -247,6 +247,8 @@ def build_iterator(data_cfg: DataConfig, *, split: str = "train",
     if not cfgs:
         key = "data.sources" if split == "train" else "data.val_sources"
         raise ConfigError(f"{key} is empty: give at least one data source")
+    if split == "val":
+        _warn_generated_overlap(data_cfg)
     loaded = [read_source(c, on_bad_record=data_cfg.on_bad_record) for c in cfgs]
     names = [d.name for d in loaded]
     if len(set(names)) != len(names):
@@ -256,3 +258,16 @@ def build_iterator(data_cfg: DataConfig, *, split: str = "train",
                         names=names)
     it.skipped.update({n: d.skipped for n, d in zip(names, loaded)})
     return it
+
+
+def _warn_generated_overlap(data_cfg: DataConfig) -> None:
+    """Reasoning Gym entry i of a task depends only on (seed, config): a validation source
+    with a training source's seed would score the model on prompts it trains on."""
+    for v in data_cfg.val_sources:
+        for t in data_cfg.sources:
+            if v.kind == t.kind == "reasoning_gym" and v.seed == t.seed:
+                shared = sorted(set(v.tasks) & set(t.tasks))
+                if shared:
+                    log.warning("validation reasoning_gym tasks %s use the training seed %d: their "
+                                "prompts repeat training prompts; give val_sources another seed",
+                                ", ".join(shared), v.seed)

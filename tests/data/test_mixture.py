@@ -1,6 +1,7 @@
 """The weighted, seeded, resumable mixture: resume == uninterrupted, weights hold, epochs."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_source_counts_peeks_without_consuming():
     assert counts == {n: sum(r.id[0] == n for r in batch) for n in "abc"}
 
 
-def test_build_iterator_train_and_val(tmp_path):
+def test_build_iterator_train_and_val(tmp_path, caplog):
     for name, n in (("train", 30), ("val", 6)):
         (tmp_path / f"{name}.jsonl").write_text("".join(
             json.dumps({"prompt": f"{name} {i}", "ground_truth": str(i)}) + "\n" for i in range(n)))
@@ -122,8 +123,15 @@ def test_build_iterator_train_and_val(tmp_path):
     assert train.names == ["train", "reasoning_gym"] and train.quotas.tolist() == [27, 13]
     assert train.skipped == {"train": 0, "reasoning_gym": 0}
     assert ids(build_iterator(cfg).next_batch(50)) == ids(train.next_batch(50))
+    caplog.set_level(logging.WARNING)
     val = build_iterator(cfg, split="val")
     assert ids(val.next_batch(6)) == [f"val:{i}" for i in range(1, 7)]  # fixed file order
+    assert "use the training seed" not in caplog.text
+    overlap = DataConfig(sources=cfg.sources, val_sources=(
+        SourceConfig(kind="reasoning_gym", tasks=("gcd",), size=3),))
+    assert ids(build_iterator(overlap, split="val").next_batch(3)) == \
+        ids([r for r in train.sources[1] if r.id.endswith((":0", ":1", ":2"))])
+    assert "validation reasoning_gym tasks gcd use the training seed 0" in caplog.text
     with pytest.raises(ConfigError, match="data.val_sources is empty"):
         build_iterator(DataConfig(sources=cfg.sources), split="val")
     with pytest.raises(ConfigError, match="split must be"):
