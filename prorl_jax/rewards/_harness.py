@@ -1,6 +1,6 @@
 """Runs model-written Python against test inputs inside the sandbox. Standalone script.
 
-Started by `sandbox.py` as `python -I _harness.py` (usually as PID 1 of fresh PID, network
+Started by `sandbox.py` as `python -I -S _harness.py` (usually as PID 1 of fresh PID, network
 and mount namespaces); it imports nothing from prorl_jax so that it works under `-I` and
 exposes nothing of the trainer. It reads one JSON spec on stdin and writes one JSON report
 on stdout. The harness itself stays root (so the snippet cannot kill or ptrace it); each
@@ -69,6 +69,41 @@ def setup_mounts(spec, notes):
     if spec["uid"] is not None:
         opts += f",uid={spec['uid']},gid={spec['uid']}"
     _mount(libc, "tmpfs", spec["workdir"], "tmpfs", MS_NOSUID | MS_NODEV, opts)
+    for root in spec["python_roots"]:
+        try:
+            _expose(libc, root, spec["workdir"])
+        except OSError as e:
+            notes.append(f"could not expose {root} to the sandbox uid: {e.strerror}")
+
+
+def _private_ancestor(path):
+    """The outermost ancestor of `path` that others cannot traverse (e.g. a 0700 /root)."""
+    parts = os.path.abspath(path).split(os.sep)[1:]
+    for i in range(1, len(parts)):
+        ancestor = os.sep + os.path.join(*parts[:i])
+        if not os.stat(ancestor).st_mode & 0o001:
+            return ancestor
+    return None
+
+
+def _expose(libc, root, workdir):
+    """Make the Python installation at `root` reachable for the sandbox uid when it sits
+    below a private directory: hide that directory behind an empty read-only tmpfs and
+    bind-mount just the installation back at its own path."""
+    private = _private_ancestor(root)
+    if private is None or not os.path.isdir(root):
+        return
+    stage = os.path.join(workdir, ".stage")
+    os.mkdir(stage)
+    _mount(libc, root, stage, None, MS_BIND | MS_REC, None)
+    _mount(libc, "tmpfs", private, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    os.makedirs(root)
+    _mount(libc, stage, root, None, MS_BIND | MS_REC, None)
+    _mount(libc, None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
+    _mount(libc, None, private, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    if libc.umount2(stage.encode(), 2) != 0:  # MNT_DETACH
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), stage)
+    os.rmdir(stage)
 
 
 def _jsonable(value):
@@ -212,9 +247,25 @@ def run_one(spec, index, test_input, remaining):
     return result
 
 
+# Imported before forking so snippets can use them even where the Python installation is
+# unreadable for the sandbox uid (no mount namespace), and without per-test import cost.
+_PRELOAD = ("array", "bisect", "collections", "copy", "fractions", "functools", "heapq", "io",
+            "itertools", "math", "operator", "random", "re", "string")
+
+
+def _quit(code=None):
+    raise SystemExit(code)
+
+
 def main():
     spec = json.loads(sys.stdin.buffer.read())
     notes = []
+    # Started with -S (site's .pth processing costs ~0.1 s per run): give snippets the
+    # installed packages and the exit()/quit() builtins that site would have provided.
+    sys.path.extend(spec["site_paths"])
+    builtins.exit = builtins.quit = _quit
+    for name in _PRELOAD:
+        __import__(name)
     if spec["mount"]:
         setup_mounts(spec, notes)
     elif spec["uid"] is not None:

@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -116,7 +117,7 @@ def _command(prot: Protections) -> list[str]:
         if prot.user_namespace:
             cmd += ["-U", "-r"]
         cmd += ["-n", "-p", "-f", "-m", "--mount-proc"]
-    return cmd + [sys.executable, "-I", HARNESS]
+    return cmd + [sys.executable, "-I", "-S", HARNESS]
 
 
 def _kill_uid(prot: Protections, uid: int | None) -> None:
@@ -149,7 +150,8 @@ def run_program(source: str, inputs: list, *, fn_name: str | None = None,
     workdir = tempfile.mkdtemp(prefix="prorl_sbx_")
     spec = {"source": source, "inputs": inputs, "fn_name": fn_name, "timeout_s": timeout_s,
             "uid": uid, "workdir": workdir, "mount": prot.namespaces, "output_caps": caps,
-            "limits": dataclasses.asdict(limits or SandboxLimits())}
+            "limits": dataclasses.asdict(limits or SandboxLimits()),
+            "site_paths": _site_paths(), "python_roots": _python_roots()}
     start = time.monotonic()
     proc = subprocess.Popen(_command(prot), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env={}, cwd="/", start_new_session=True)
@@ -182,6 +184,21 @@ def run_program(source: str, inputs: list, *, fn_name: str | None = None,
     for note in report["notes"]:
         _warn_once(note)
     return SandboxResult(report["results"], None, elapsed)
+
+
+@functools.cache
+def _site_paths() -> list[str]:
+    return [p for p in site.getsitepackages() if os.path.isdir(p)]
+
+
+@functools.cache
+def _python_roots() -> list[str]:
+    # The interpreter's installation, and site-packages directories outside it.
+    roots = [os.path.realpath(sys.base_prefix)]
+    for path in map(os.path.realpath, _site_paths()):
+        if not any(path.startswith(r + os.sep) for r in roots):
+            roots.append(path)
+    return roots
 
 
 @functools.cache

@@ -87,3 +87,14 @@ def test_no_block_syntax_error_and_timeout_give_zero():
 def test_bad_tests(gt, message):
     with pytest.raises(DataError, match=message):
         code(block("print(1)"), gt)
+
+
+@pytest.mark.skipif(rewards.protections().drop_uid and not rewards.protections().namespaces,
+                    reason="uid drop without a mount namespace cannot expose a private install")
+def test_snippets_can_import_stdlib_and_installed_packages():
+    # The sandbox uid must reach the interpreter's installation even when it lives under a
+    # private directory such as a 0700 /root (exposed read-only inside the namespace).
+    src = ("import heapq, statistics, fractions, numpy\n"
+           "print(statistics.median([3, 1, 2]), int(numpy.add(2, 2)))")
+    v = code_reward.score(block(src), {"inputs": [""], "outputs": ["2 4"]})
+    assert v.reward == 1.0, v
