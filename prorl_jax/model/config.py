@@ -247,4 +247,6 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
     }
     if qwen3:
         hf["attention_bias"] = False
+    elif cfg.head_dim == cfg.hidden_size // cfg.num_attention_heads:
+        del hf["head_dim"]  # Qwen2Config has no head_dim field; write it only when it matters
     return hf

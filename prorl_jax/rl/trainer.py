@@ -128,7 +128,8 @@ class Trainer:
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                           else eos)
         self.formatter = data_lib.ChatFormatter(self.tokenizer, cfg.data.suffixes or None,
-                                                cfg.sampling.max_prompt_tokens)
+                                                cfg.sampling.max_prompt_tokens,
+                                                use_chat_template=cfg.data.use_chat_template)
         self.iterator = data_lib.build_iterator(cfg.data, split="train")
         self.val_records = (data_lib.build_iterator(cfg.data, split="val").next_batch(
             cfg.validation.num_prompts) if cfg.data.val_sources else [])
