@@ -1,0 +1,297 @@
+"""generate(): n samples per prompt with one prefill and a lax.while_loop decode.
+
+Shapes are bucketed so that a trainer calling every step with similar batches reuses one
+compiled program: rows (prompts x n) go up to a power of two, prompt length up to a power
+of two (at least MIN_PROMPT_BUCKET). One program exists per (row bucket, prompt bucket,
+max_new_tokens, static strategy fields, number of stop ids rounded up to 4, mesh); temperature, top_p, the
+seed and the stop ids themselves are runtime values.
+
+Randomness: row r of the output (global index, prompt-major) draws its token at step t from
+fold_in(fold_in(key(seed), r), t). Padding rows, the bucket size, chunking and the mesh
+therefore do not change any row's random stream, which makes chunked and sharded results
+equal to single-device unchunked ones.
+
+Chunking: with `max_batch_tokens`, rows are processed in chunks whose KV cache (rows x
+(prompt bucket + max_new_tokens) token slots, padding rows included) fits the budget. Every
+chunk uses the same prompt bucket (from the longest prompt overall) and the same row count,
+so all chunks share one compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from prorl_jax import sharding as shd
+from prorl_jax.errors import UserError
+from prorl_jax.model import qwen
+from prorl_jax.model.config import ModelConfig
+from prorl_jax.sampling.strategies import SamplingParams, Strategy, strategy_for, token_logprobs
+
+MIN_PROMPT_BUCKET = 16
+PAD_TOKEN = 0  # written after a row's stop token; its logprob there is 0
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOutput:
+    """Completions of `generate`, rows prompt-major (the n samples of prompt 0 first).
+
+    tokens:   int32 [R, max_new_tokens], R = P * n; PAD_TOKEN after the stop token.
+    logprobs: float32 [R, max_new_tokens]; log softmax(logits / temperature) of each token
+              over the full vocabulary (temperature 1 for greedy); 0 after the stop.
+    lengths:  int32 [R]; generated tokens including the stop token.
+    finished: bool [R]; True when a stop token ended the row, False when the budget did.
+    """
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    lengths: np.ndarray
+    finished: np.ndarray
+
+
+class PromptError(UserError, ValueError):
+    """The prompts passed to generate are unusable (empty, out of vocabulary, too long)."""
+
+
+def bucket(n: int, minimum: int = 1, multiple: int = 1) -> int:
+    """Smallest power of two >= max(n, minimum), rounded up to a multiple of `multiple`."""
+    p = 1 << max(0, math.ceil(math.log2(max(n, minimum, 1))))
+    return -(-p // multiple) * multiple
+
+
+def chunk_rows(num_rows: int, slots_per_row: int, max_batch_tokens: int | None,
+               multiple: int = 1) -> int:
+    """Rows per compiled chunk.
+
+    Args:
+      num_rows: rows to generate (prompts x n).
+      slots_per_row: KV-cache slots one row needs (prompt bucket + max_new_tokens).
+      max_batch_tokens: KV-cache budget in token slots for one chunk, None or 0 for no limit.
+      multiple: the chunk row count must divide evenly over this many batch shards.
+    Returns:
+      the row count of every chunk: bucket(num_rows) when that fits, else the largest
+      power of two (times `multiple`) that fits; at least `multiple`.
+    Raises:
+      UserError when not even one row fits the budget.
+    """
+    whole = bucket(num_rows, multiple=multiple)
+    if not max_batch_tokens:
+        return whole
+    fit = max_batch_tokens // slots_per_row
+    if fit < 1:
+        raise UserError(
+            f"max_batch_tokens={max_batch_tokens} is smaller than one row's KV cache "
+            f"({slots_per_row} slots = prompt bucket + max_new_tokens)")
+    if whole <= fit:
+        return whole
+    rows = 1 << int(math.log2(fit))
+    return max(multiple, rows // multiple * multiple)
+
+
+@struct.dataclass
+class _Loop:
+    """Decode-loop carry. M = max_new_tokens."""
+
+    cache: qwen.KVCache
+    step: jax.Array  # int32 []: index of the next token to write
+    last: jax.Array  # int32 [B]: token written at step - 1
+    tokens: jax.Array  # int32 [B, M]
+    logprobs: jax.Array  # float32 [B, M]
+    done: jax.Array  # bool [B]
+    finished: jax.Array  # bool [B]
+    lengths: jax.Array  # int32 [B]
+
+
+_traces = 0  # how many times the compiled program was traced (read by tests)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "mesh"),
+                   donate_argnames=("cache",))
+def _sample_chunk(cfg: ModelConfig, params, cache: qwen.KVCache, prompt: jax.Array,
+                  prompt_mask: jax.Array, row_ids: jax.Array, active: jax.Array,
+                  seed: jax.Array, strategy: Strategy, stop_ids: jax.Array,
+                  max_new_tokens: int, mesh=None):
+    """Prefill then decode one chunk of rows.
+
+    Args:
+      prompt: int32 [B, T] left-padded prompt tokens; prompt_mask int32 [B, T].
+      row_ids: int32 [B] global row index (the random stream of the row).
+      active: bool [B]; False for bucket-padding rows, which start done.
+      seed: uint32 [].
+      stop_ids: int32 [num_stop].
+    Returns:
+      (tokens int32 [B, M], logprobs float32 [B, M], lengths int32 [B], finished bool [B]),
+      and the final cache: returning the donated cache lets the decode loop update it in
+      place instead of first copying it into a fresh buffer.
+    """
+    global _traces
+    _traces += 1
+    if mesh is not None:
+        with shd.use_rules(mesh, shd.SAMPLE_RULES):
+            return _sample_body(cfg, params, cache, prompt, prompt_mask, row_ids, active,
+                                seed, strategy, stop_ids, max_new_tokens)
+    return _sample_body(cfg, params, cache, prompt, prompt_mask, row_ids, active, seed,
+                        strategy, stop_ids, max_new_tokens)
+
+
+def _sample_body(cfg, params, cache, prompt, prompt_mask, row_ids, active, seed, strategy,
+                 stop_ids, max_new_tokens):
+    batch = prompt.shape[0]
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), row_ids)  # [B]
+    temperature = strategy.logprob_temperature
+
+    def pick(logits, step, done):
+        """logits float32 [B, V] -> (token, logprob, hit_stop) for column `step`."""
+        keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
+        tok = strategy(logits, keys)
+        lp = token_logprobs(logits, tok, temperature)
+        tok = jnp.where(done, PAD_TOKEN, tok)
+        lp = jnp.where(done, 0.0, lp)
+        stop = jnp.any(tok[:, None] == stop_ids[None, :], axis=-1) & ~done
+        return tok, lp, stop
+
+    def record(state: _Loop, logits, cache) -> _Loop:
+        tok, lp, stop = pick(logits, state.step, state.done)
+        return _Loop(
+            cache=cache,
+            step=state.step + 1,
+            last=tok,
+            tokens=jax.lax.dynamic_update_slice(state.tokens, tok[:, None], (0, state.step)),
+            logprobs=jax.lax.dynamic_update_slice(state.logprobs, lp[:, None], (0, state.step)),
+            done=state.done | stop,
+            finished=state.finished | stop,
+            lengths=state.lengths + (~state.done).astype(jnp.int32),
+        )
+
+    with jax.named_scope("prefill"):
+        hidden, cache = qwen.forward_hidden(cfg, params, prompt, attention_mask=prompt_mask,
+                                            cache=cache)  # [B, T, D]
+        logits = _unembed(cfg, params, hidden[:, -1])  # [B, V]
+
+    start = _Loop(
+        cache=cache,
+        step=jnp.zeros((), jnp.int32),
+        last=jnp.zeros((batch,), jnp.int32),
+        tokens=jnp.full((batch, max_new_tokens), PAD_TOKEN, jnp.int32),
+        logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
+        done=~active,
+        finished=jnp.zeros((batch,), bool),
+        lengths=jnp.zeros((batch,), jnp.int32),
+    )
+    state = record(start, logits, cache)
+
+    def cond(state: _Loop):
+        return (state.step < max_new_tokens) & ~jnp.all(state.done)
+
+    def body(state: _Loop) -> _Loop:
+        with jax.named_scope("decode_step"):
+            logits, cache = qwen.forward(cfg, params, state.last[:, None], cache=state.cache)
+            return record(state, logits[:, 0], cache)
+
+    state = jax.lax.while_loop(cond, body, state)
+    return (state.tokens, state.logprobs, state.lengths, state.finished), state.cache
+
+
+def _unembed(cfg: ModelConfig, params, hidden: jax.Array) -> jax.Array:
+    """hidden [B, D] -> float32 logits [B, V], computed exactly as `qwen.forward` does.
+
+    Only the last prompt position needs logits; unembedding all T positions of the
+    prefill would cost B x T x V floats.
+    """
+    w = qwen.unembed_matrix(cfg, params).astype(hidden.dtype)  # [D, V]
+    logits = jnp.einsum("BD,DV->BV", hidden, w, preferred_element_type=jnp.float32)
+    return shd.constrain(logits, ("batch", "act_vocab"))
+
+
+def _check_prompts(prompts, vocab_size: int) -> list[np.ndarray]:
+    if isinstance(prompts, (str, bytes)) or not len(prompts):
+        raise PromptError("generate needs a non-empty list of prompts (lists of token ids)")
+    out = []
+    for i, p in enumerate(prompts):
+        arr = np.asarray(p)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise PromptError(f"prompt {i} must be a non-empty list of token ids")
+        if arr.min() < 0 or arr.max() >= vocab_size:
+            raise PromptError(f"prompt {i} has token ids outside [0, {vocab_size})")
+        out.append(arr.astype(np.int32))
+    return out
+
+
+# One dispatch (and one compiled program per shape) instead of eager zeros per field.
+_empty_cache = jax.jit(qwen.init_cache, static_argnames=("cfg", "batch", "max_len", "mesh"))
+
+
+def _place(mesh, x, axes):
+    if mesh is None:
+        return jnp.asarray(x)
+    return shd.shard_batch(x, mesh, shd.SAMPLE_RULES, axes)
+
+
+def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: int = 0,
+             mesh=None, *, max_batch_tokens: int | None = None) -> GenerationOutput:
+    """Sample `sampling.n` completions for each prompt.
+
+    Args:
+      cfg: the model config.
+      params: model params (under a mesh they are resharded to the SAMPLE_RULES layout).
+      prompts: P lists of token ids, any lengths >= 1.
+      sampling: SamplingParams.
+      seed: the same seed gives the same output, whatever the chunking or mesh.
+      mesh: optional Mesh ('data', 'fsdp', 'tensor'): rows over data x fsdp, heads over tensor.
+      max_batch_tokens: KV-cache budget per chunk in token slots (None/0: one chunk).
+    Returns:
+      GenerationOutput with R = P * n prompt-major rows (numpy arrays).
+    Raises:
+      PromptError for empty / out-of-vocabulary / too long prompts; UserError when one
+      row does not fit max_batch_tokens.
+    """
+    rows_prompts = _check_prompts(prompts, cfg.vocab_size)
+    n, new = sampling.n, sampling.max_new_tokens
+    longest = max(len(p) for p in rows_prompts)
+    if longest + new > cfg.max_position_embeddings:
+        raise PromptError(
+            f"longest prompt ({longest}) + max_new_tokens ({new}) exceeds the model's "
+            f"max_position_embeddings ({cfg.max_position_embeddings})")
+    num_rows = len(rows_prompts) * n
+    width = bucket(longest, MIN_PROMPT_BUCKET)
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    per_chunk = chunk_rows(num_rows, width + new, max_batch_tokens, shards)
+
+    # Left-padded prompt matrix for all real rows (prompt-major, each prompt repeated n times).
+    tokens = np.zeros((len(rows_prompts), width), np.int32)  # [P, T]
+    mask = np.zeros((len(rows_prompts), width), np.int32)
+    for i, p in enumerate(rows_prompts):
+        tokens[i, width - len(p):] = p
+        mask[i, width - len(p):] = 1
+
+    strategy = strategy_for(sampling, cfg.vocab_size)
+    # Padded with -1 (never sampled) to a multiple of 4 so the count rarely changes the program.
+    stop_ids = np.full(bucket(len(sampling.stop_token_ids), multiple=4), -1, np.int32)
+    stop_ids[:len(sampling.stop_token_ids)] = sampling.stop_token_ids
+    seed_arr = np.asarray(seed, np.uint32)
+    if mesh is not None:
+        params = jax.device_put(params, shd.shardings_for(
+            qwen.param_axes(cfg), mesh, shd.SAMPLE_RULES, shapes=params))
+
+    results = []
+    for start in range(0, num_rows, per_chunk):
+        ids = np.arange(start, start + per_chunk)  # [C] global row ids, maybe past the end
+        real = ids < num_rows
+        src = np.minimum(ids, num_rows - 1) // n  # padding rows copy the last prompt
+        cache = _empty_cache(cfg, per_chunk, width + new, mesh=mesh)
+        out, _ = _sample_chunk(
+            cfg, params, cache,
+            _place(mesh, tokens[src], ("batch", "seq")),
+            _place(mesh, mask[src], ("batch", "seq")),
+            _place(mesh, ids.astype(np.int32), ("batch",)),
+            _place(mesh, real, ("batch",)),
+            seed_arr, strategy, stop_ids, max_new_tokens=new, mesh=mesh)
+        results.append([np.asarray(x)[real] for x in out])
+    cat = [np.concatenate(parts) for parts in zip(*results)]
+    return GenerationOutput(tokens=cat[0], logprobs=cat[1], lengths=cat[2], finished=cat[3])
+
