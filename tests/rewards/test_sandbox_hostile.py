@@ -24,7 +24,8 @@ needs_uid = pytest.mark.skipif(not PROT.drop_uid, reason="not root: cannot drop 
 
 
 def sandbox_pids() -> list[int]:
-    """Live processes running as a sandbox uid."""
+    """Live processes running as a sandbox uid (zombies are dead: they only wait to be
+    reaped, which a container's PID 1 may never do for orphans)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -33,8 +34,9 @@ def sandbox_pids() -> list[int]:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-        if sandbox.UID_RANGE[0] <= uid < sandbox.UID_RANGE[1]:
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        uid = int(fields["Uid"].split()[0])
+        if sandbox.UID_RANGE[0] <= uid < sandbox.UID_RANGE[1] and fields["State"].split()[0] != "Z":
             pids.append(int(entry.name))
     return pids
 
@@ -213,3 +215,20 @@ def test_protections_report():
     assert isinstance(PROT.namespaces, bool) and isinstance(PROT.drop_uid, bool)
     if os.geteuid() == 0:
         assert PROT.drop_uid
+
+
+@needs_uid
+def test_fallback_without_namespaces(host, monkeypatch):
+    # Where unshare is unavailable the uid drop, rlimits and the kill-by-uid sweep remain;
+    # exercise that path here by pretending namespaces are missing.
+    fallback = sandbox.Protections(namespaces=False, user_namespace=False, drop_uid=True,
+                                   pdeathsig=PROT.pdeathsig, unshare=None, setpriv=PROT.setpriv)
+    monkeypatch.setattr(sandbox, "protections", lambda: fallback)
+    ok = code_reward.score("```python\nimport heapq\nprint(input())\n```",
+                           {"inputs": ["hi"], "outputs": ["hi"]})
+    assert ok.reward == 1.0, ok
+    run("while True:\n    pass")
+    run(f"print(open({str(host['secret'])!r}).read())", expected=SECRET)
+    run(f"import os\nos.remove({str(host['canary'])!r})\nprint('pwned')")
+    run("import os\nprint(os.environ.get('PRORL_TEST_SECRET'))", expected=SECRET)
+    test_process_outliving_the_run(host)
