@@ -54,6 +54,12 @@ def score(completion: str, ground_truth) -> Verdict:
       Verdict(score_answer's value, reason when it is below 1).
     """
     task, entry = parse_ground_truth(ground_truth)
+    if task == "composite":
+        # A composite dataset scores each entry with the dataset that generated it.
+        source = (entry.get("metadata") or {}).get("source_dataset")
+        if not isinstance(source, str):
+            raise DataError("composite Reasoning Gym entry lacks metadata.source_dataset")
+        task = source
     fn = _score_fn(task)
     answer = last_tag(final_text(completion), "answer")
     if answer is None:

@@ -36,3 +36,16 @@ def test_missing_answer_tag_and_bad_ground_truth():
         gym_reward("<answer>1</answer>", {"task": "no_such_task", "entry": entry})
     with pytest.raises(DataError, match="reasoning_gym ground truth"):
         gym_reward("<answer>1</answer>", {"entry": entry})
+
+
+def test_composite_entries_score_with_their_source_dataset():
+    from reasoning_gym.composite import DatasetSpec
+
+    specs = [DatasetSpec("basic_arithmetic", 1.0, {}), DatasetSpec("letter_counting", 1.0, {})]
+    ds = reasoning_gym.create_dataset("composite", size=4, seed=5, datasets=specs)
+    for raw in ds:
+        entry = json.loads(json.dumps(raw))
+        gt = {"task": "composite", "entry": entry}
+        assert gym_reward(f"<answer>{entry['answer']}</answer>", gt) == 1.0
+        assert gym_reward("<answer>-123456789</answer>", gt) == pytest.approx(
+            float(ds.score_answer("-123456789", raw)))
