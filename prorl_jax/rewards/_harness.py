@@ -186,6 +186,26 @@ def kill_uid(uid):
     os.waitpid(pid, 0)
 
 
+def _wait_exit(pid, timeout):
+    """Wait up to `timeout` s for child `pid` to exit (without reaping it); True if it did."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        # Kernels before 5.3 have no pidfd: poll instead.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+            time.sleep(0.002)
+        return False
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    try:
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    finally:
+        os.close(pidfd)
+
+
 def _read_capped(path, cap):
     try:
         with open(path, "rb") as f:
@@ -213,14 +233,10 @@ def run_one(spec, index, test_input, remaining):
         _child(spec, test_input, fds, cpu_s)
     for fd in fds:
         os.close(fd)
-    pidfd = os.pidfd_open(pid)
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    timed_out = not poller.poll(max(0, int(remaining * 1000)))
+    timed_out = not _wait_exit(pid, remaining)
     if timed_out:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
-    os.close(pidfd)
     kill_uid(spec["uid"])
     try:
         os.killpg(pid, signal.SIGKILL)
