@@ -206,33 +206,55 @@ def _wait_exit(pid, timeout):
         os.close(pidfd)
 
 
-def _read_capped(path, cap):
+def _fresh_file(path):
+    """Create `path` anew for the harness (root). The snippet owns the work directory and may
+    have planted a symlink or link under this name: remove it and refuse to follow one."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(cap + 1)
-    except OSError:
-        return "", False
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
+
+def _pread_all(fd, size, offset):
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size, offset = size - len(chunk), offset + len(chunk)
+    return b"".join(chunks)
+
+
+def _head(fd, cap):
+    """First `cap` bytes as text, and whether there was more. Reads through the harness's own
+    descriptor, never by path, so a swapped file cannot be read instead."""
+    data = _pread_all(fd, cap + 1, 0)
     return data[:cap].decode("utf-8", "replace"), len(data) > cap
+
+
+def _tail(fd, size):
+    end = os.fstat(fd).st_size
+    return _pread_all(fd, size, max(0, end - size)).decode("utf-8", "replace")
 
 
 def run_one(spec, index, test_input, remaining):
     """Run test `index` in a fresh forked child with `remaining` wall seconds."""
-    in_path, out_path, err_path, res_path = (f"{k}_{index}" for k in ("in", "out", "err", "res"))
+    paths = [f"{k}_{index}" for k in ("in", "out", "err", "res")]
     stdin_text = "\n".join(map(str, test_input)) if isinstance(test_input, list) else str(test_input)
     if spec["fn_name"] is not None:
         stdin_text = ""
-    with open(in_path, "w", encoding="utf-8") as f:
-        f.write(stdin_text)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fds = [os.open(in_path, os.O_RDONLY)] + [os.open(p, flags, 0o600)
-                                             for p in (out_path, err_path, res_path)]
+    fds = [_fresh_file(p) for p in paths]
+    data = stdin_text.encode("utf-8")
+    while data:
+        data = data[os.write(fds[0], data):]
+    os.lseek(fds[0], 0, os.SEEK_SET)
     cpu_s = max(1, int(remaining) + 1)
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
         _child(spec, test_input, fds, cpu_s)
-    for fd in fds:
-        os.close(fd)
     timed_out = not _wait_exit(pid, remaining)
     if timed_out:
         os.kill(pid, signal.SIGKILL)
@@ -243,11 +265,18 @@ def run_one(spec, index, test_input, remaining):
     except OSError:
         pass
     cap = spec["output_caps"][index]
-    out, truncated = _read_capped(out_path, cap)
-    err, _ = _read_capped(err_path, 2000)
-    res, res_trunc = _read_capped(res_path, cap)
-    result = {"elapsed": time.monotonic() - start, "stdout": out, "truncated": truncated or res_trunc,
-              "stderr_tail": err[-500:], "value": res}
+    out, truncated = _head(fds[1], cap)
+    res, res_truncated = _head(fds[3], cap)
+    result = {"elapsed": time.monotonic() - start, "stdout": out,
+              "truncated": truncated or res_truncated, "stderr_tail": _tail(fds[2], 500),
+              "value": res}
+    for fd in fds:
+        os.close(fd)
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
     if timed_out:
         result["status"] = "timeout"
     elif os.WIFSIGNALED(status):
@@ -255,11 +284,6 @@ def run_one(spec, index, test_input, remaining):
     else:
         code = os.WEXITSTATUS(status)
         result["status"] = "ok" if code == 0 else f"exit code {code}"
-    for path in (in_path, out_path, err_path, res_path):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
     return result
 
 

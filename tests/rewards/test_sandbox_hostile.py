@@ -232,3 +232,18 @@ def test_fallback_without_namespaces(host, monkeypatch):
     run(f"import os\nos.remove({str(host['canary'])!r})\nprint('pwned')")
     run("import os\nprint(os.environ.get('PRORL_TEST_SECRET'))", expected=SECRET)
     test_process_outliving_the_run(host)
+    test_planted_symlinks(host)
+
+
+def test_planted_symlinks(host):
+    # The snippet owns its work directory; it plants links where the (root) harness will
+    # create the next test's files. Following them would let root overwrite the canary.
+    canary = str(host["canary"])
+    src = ("import os\nfor k in ('in', 'out', 'err', 'res'):\n    for i in range(3):\n"
+           "        try:\n"
+           f"            os.symlink({canary!r}, f'{{k}}_{{i}}')\n"
+           "        except OSError:\n            pass\nprint('pwned')")
+    v = code_reward.score(f"```python\n{src}\n```", {"inputs": ["", "", ""],
+                                                      "outputs": ["pwned", "pwned", "pwned"]})
+    # The links do not redirect the harness: every test runs and its output is read.
+    assert v.reward == 1.0, v
