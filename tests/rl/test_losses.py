@@ -401,3 +401,16 @@ def test_jit_and_vmap():
     # vmap over rows: each row is then a [T] sequence with a scalar advantage.
     per_row, _ = jax.vmap(lambda lp, o, a, m: L.policy_loss(lp, o, a, m))(logp, old, ADV, MASK)
     close(per_row, [-4.5 / 4, 6.8 / 4])
+
+
+def test_dual_clip_matches_trl_two_sided_delta():
+    # TRL's two-sided GRPO: loss = -min(min(r, delta) A, clip(r, 1-el, 1+eh) A). For
+    # delta > 1 + eh that is our dual clip with clip_c = delta (docs/losses.md mapping).
+    rng = np.random.default_rng(0)
+    r = np.exp(rng.normal(0, 1.5, (3, 50)))
+    a = rng.normal(0, 1, (3, 50))
+    trl = -np.minimum(np.minimum(r, 4.0) * a, np.clip(r, 0.8, 1.4) * a)
+    lp = jnp.asarray(np.log(r), jnp.float32)
+    ours = L.policy_loss(lp, jnp.zeros_like(lp), jnp.asarray(a, jnp.float32),
+                         jnp.ones((3, 50)), clip_c=4.0)[0]
+    close(ours, trl.mean(), tol=1e-5)
