@@ -169,7 +169,10 @@ def run_program(source: str, inputs: list, *, fn_name: str | None = None,
         if proc.poll() is None:
             proc.kill()
         if reason is not None:
-            proc.communicate()
+            try:
+                proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                logger.warning("code sandbox: pid %d did not exit after SIGKILL", proc.pid)
         _kill_uid(prot, uid)
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - start
