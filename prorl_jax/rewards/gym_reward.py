@@ -64,5 +64,8 @@ def score(completion: str, ground_truth) -> Verdict:
     answer = last_tag(final_text(completion), "answer")
     if answer is None:
         return Verdict(0.0, "no <answer></answer>")
-    reward = fn(answer=answer, entry=entry)
+    # JSON turned tuples (e.g. ARC grids) into lists; score_answer compares types.
+    from prorl_jax.data.reasoning_gym_source import restore_entry
+
+    reward = fn(answer=answer, entry=restore_entry(task, entry))
     return Verdict(float(reward), None if reward >= 1 else f"{task} score_answer gave {reward}")

@@ -77,8 +77,6 @@ def test_reward_verifier_scores_generated_tasks(records):
         assert score("<answer>zzz</answer>", gt) < 1.0, gt["task"]
 
 
-@pytest.mark.xfail(strict=True, reason="prorl_jax.rewards does not call "
-                   "data.restore_entry yet: a correct arc_agi answer scores 0.05")
 def test_reward_verifier_restores_arc_grids(records):
     rewards = pytest.importorskip("prorl_jax.rewards")
     rec = next(r for r in records if r.ground_truth["task"] == "arc_agi")
