@@ -103,8 +103,8 @@ def _chunked_over_t(body, hidden, w, tokens, chunk_size):
 
 
 def _chunk_logits(h, w, temperature):
-    # h [B, C, D], w [D, V] in their own dtypes; accumulate the matmul in float32.
-    logits = jnp.einsum("BCD,DV->BCV", h, w, preferred_element_type=jnp.float32)
+    # h [B, C, D] (one chunk of T), w [D, V] in their own dtypes; accumulate in float32.
+    logits = jnp.einsum("BTD,DV->BTV", h, w, preferred_element_type=jnp.float32)
     return logits / temperature
 
 

@@ -258,6 +258,8 @@ def aggregate(values, mask, mode="token-mean", normalizer=None):
         per_seq = seq_sum / jnp.maximum(n_tok, 1.0)
     else:
         norm = v.shape[-1] if normalizer is None else normalizer
+        if isinstance(norm, int | float) and not norm > 0:
+            raise ConfigError(f"aggregation normalizer must be > 0, got {norm}")
         per_seq = seq_sum / norm
     has_tok = n_tok > 0
     return jnp.sum(jnp.where(has_tok, per_seq, 0.0)) / jnp.maximum(
@@ -300,9 +302,10 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_
     """
     _check_clip_c(clip_c)
     m = _valid(mask)
-    logprobs = _zero_masked(logprobs, m)
-    old_logprobs = jax.lax.stop_gradient(_zero_masked(old_logprobs, m))
-    adv = jnp.asarray(advantages)
+    # float32 throughout: exp of a bf16 log-ratio would already be off by ~0.4%.
+    logprobs = _zero_masked(logprobs, m).astype(jnp.float32)
+    old_logprobs = jax.lax.stop_gradient(_zero_masked(old_logprobs, m).astype(jnp.float32))
+    adv = jnp.asarray(advantages, jnp.float32)
     if adv.ndim == logprobs.ndim - 1:
         adv = adv[..., None]
     adv = jax.lax.stop_gradient(_zero_masked(jnp.broadcast_to(adv, logprobs.shape), m))

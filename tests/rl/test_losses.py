@@ -324,6 +324,8 @@ def test_aggregate_empty_mask_and_bad_mode():
         close(L.aggregate(jnp.full((2, 3), jnp.nan), jnp.zeros((2, 3)), mode), 0.0)
     with pytest.raises(ConfigError, match="aggregation mode 'mean'"):
         L.aggregate(jnp.zeros((1, 1)), jnp.ones((1, 1)), "mean")
+    with pytest.raises(ConfigError, match="normalizer"):
+        L.aggregate(jnp.zeros((1, 1)), jnp.ones((1, 1)), "seq-mean-token-sum-norm", 0)
 
 
 def test_aggregate_gradients_golden():
