@@ -276,6 +276,6 @@ def test_save_errors_name_the_problem(qwen2_dir, tmp_path):
     with pytest.raises(CheckpointError, match="params lack layers/mlp/up/kernel needed for tensor "
                                               r"model\.layers\.0\.mlp\.up_proj\.weight"):
         hf.save_hf(str(tmp_path / "o"), cfg, params)
+    _, params = hf.load_hf(qwen2_dir[0])
     with pytest.raises(CheckpointError, match="tokenizer directory .* does not exist"):
-        hf.save_hf(str(tmp_path / "o"), cfg, qwen.init_params(cfg, jax.random.key(0)),
-                   tokenizer_dir=str(tmp_path / "nope"))
+        hf.save_hf(str(tmp_path / "o"), cfg, params, tokenizer_dir=str(tmp_path / "nope"))
