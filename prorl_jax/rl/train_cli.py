@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from prorl_jax.config import load_config, resolve_config_path
     from prorl_jax.errors import ConfigError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("prorl_jax").setLevel(logging.INFO)
     if args.reset_reference and not args.resume:
         raise ConfigError("--reset-reference needs --resume RUN_DIR")
     if args.resume:

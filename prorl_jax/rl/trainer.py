@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pathlib
 import signal
 import time
@@ -81,7 +82,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | pathlib.Path, *, resume: bool = False,
                  reset_reference: bool = False, console=print):
         from prorl_jax.model import hf
-        from prorl_jax.sharding import TRAIN_RULES, make_mesh, shardings_for
+        from prorl_jax.sharding import TRAIN_RULES, make_mesh
 
         self.cfg = cfg
         self.run_dir = pathlib.Path(run_dir)
@@ -102,14 +103,11 @@ class Trainer:
         self.model_dir = resolve_model_path(cfg.model.path)
         m = cfg.mesh
         self.mesh = make_mesh(m.data, m.fsdp, m.tensor) if m.data * m.fsdp * m.tensor > 1 else None
-        model_cfg, params = hf.load_hf(self.model_dir, dtype=cfg.model.param_dtype)
+        # Under a mesh every tensor is read straight into its training sharding.
+        model_cfg, params = hf.load_hf(self.model_dir, dtype=cfg.model.param_dtype,
+                                       mesh=self.mesh, rules=TRAIN_RULES)
         self.model_cfg = model_cfg.replace(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
                                            remat=cfg.model.remat)
-        if self.mesh is not None:
-            from prorl_jax.model.qwen import param_axes
-
-            params = jax.device_put(
-                params, shardings_for(param_axes(self.model_cfg), self.mesh, TRAIN_RULES))
         self.optimizer = state_lib.make_optimizer(cfg.optim)
         self.state = state_lib.init_train_state(params, self.optimizer, cfg.seed)
 
@@ -133,7 +131,9 @@ class Trainer:
         self.iterator = data_lib.build_iterator(cfg.data, split="train")
         self.val_records = (data_lib.build_iterator(cfg.data, split="val").next_batch(
             cfg.validation.num_prompts) if cfg.data.val_sources else [])
-        self.pool = rewards.RewardPool(cfg.rewards.num_workers, cfg.rewards.timeout_s)
+        self.pool = rewards.RewardPool(cfg.rewards.num_workers, cfg.rewards.timeout_s,
+                                       code_timeout_s=cfg.rewards.code_timeout_s,
+                                       preload=_domains(cfg))
         self.worker = RolloutWorker(cfg, self.model_cfg, self.mesh, self.formatter,
                                     self.tokenizer, self.pool, stop_token_ids=(self.eos_id,))
         self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
@@ -141,9 +141,11 @@ class Trainer:
         self.counters: dict[str, Any] = {"kl_streak": 0, "val_history": [], "resets": [],
                                          "skipped_updates": 0, "dropped_prompts": 0}
         self._train_steps: dict[int, Any] = {}
+        self._saved_step: int | None = None
         resume_step = None
         if resume:
             resume_step = self._restore()
+            self._saved_step = resume_step
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
                                      run_config=to_dict(cfg))
 
@@ -160,8 +162,13 @@ class Trainer:
                           "rng": s.rng}
 
     def save(self) -> None:
+        """Checkpoints the current step (once: the state of a step never changes)."""
+        step = int(self.state.step)
+        if step == self._saved_step:
+            return
         params, rest = self._split_state()
-        self.ckpt.save(int(self.state.step), params, rest, self._meta())
+        self.ckpt.save(step, params, rest, self._meta())
+        self._saved_step = step
 
     def _restore(self) -> int:
         abstract = lambda t: jax.tree.map(  # noqa: E731
@@ -212,6 +219,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
+    def _rules(self):
+        """Training sharding rules for activations while tracing (no-op without a mesh)."""
+        if self.mesh is None:
+            return contextlib.nullcontext()
+        from prorl_jax.sharding import TRAIN_RULES, use_rules
+
+        return use_rules(self.mesh, TRAIN_RULES)
+
+    def _device(self, x: np.ndarray, batch_axis: int = 0):
+        """Host array -> device, batch dim over ('data', 'fsdp') under a mesh."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        from prorl_jax.sharding import TRAIN_RULES, shard_batch
+
+        axes = [None] * x.ndim
+        axes[batch_axis] = "batch"
+        return shard_batch(x, self.mesh, TRAIN_RULES, axes)
+
     def _train_step_fn(self, prompt_len: int):
         fn = self._train_steps.get(prompt_len)
         if fn is None:
@@ -233,9 +258,10 @@ class Trainer:
         for start in range(0, rows, size):
             sl = {k: v[start:start + size] for k, v in arrays.items()}
             sl = batching.pad_rows(sl, size)
-            lp = batch_logprobs(self.model_cfg, params, jnp.asarray(sl["tokens"]),
-                                jnp.asarray(sl["attention_mask"]), prompt_len=prompt_len,
-                                temperature=self._temperature)
+            with self._rules():
+                lp = batch_logprobs(self.model_cfg, params, self._device(sl["tokens"]),
+                                    self._device(sl["attention_mask"]), prompt_len=prompt_len,
+                                    temperature=self._temperature)
             out.append(np.asarray(lp)[: min(size, rows - start)])
         return np.concatenate(out)
 
@@ -260,8 +286,10 @@ class Trainer:
             for mb in batching.minibatches(arrays, order, cfg):
                 mb["weight"] = micro_weights(mb["response_mask"], cfg.rl.micro_batches,
                                              cfg.rl.loss_agg)
-                mb = {k: jnp.asarray(v) for k, v in mb.items()}
-                params, opt_state, m = train_step(params, opt_state, mb)
+                mb = {k: (jnp.asarray(v) if k == "weight" else self._device(v, batch_axis=1))
+                      for k, v in mb.items()}
+                with self._rules():
+                    params, opt_state, m = train_step(params, opt_state, mb)
                 collected.append(m)
         self.state = self.state.replace(params=params, opt_state=opt_state)
         stacked = {k: np.asarray([float(m[k]) for m in collected]) for k in collected[0]}
@@ -307,6 +335,7 @@ class Trainer:
                 m = self._one_step(step)
                 step = int(self.state.step)
                 self.metrics.write(step, m)
+                _inject_fault(step)
                 progress.update(1)
                 progress.set_postfix(reward=f"{m['reward/mean']:.3f}", kl=f"{m.get('kl', 0):.2e}")
                 if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
@@ -366,6 +395,30 @@ class Trainer:
         self.ckpt.close()
         self.pool.close()
         self.metrics.close()
+
+
+def _inject_fault(step: int) -> None:
+    """Test hook: PRORL_JAX_FAULT_AFTER_STEP="3:KILL" sends SIGKILL to this process right
+    after step 3 is logged (before its checkpoint); "1:TERM" sends SIGTERM. Crash and
+    signal tests use it to interrupt a run at an exact point."""
+    spec = os.environ.get("PRORL_JAX_FAULT_AFTER_STEP")
+    if not spec:
+        return
+    at, _, name = spec.partition(":")
+    if int(at) == step:
+        os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
+
+
+def _domains(cfg: TrainConfig) -> tuple[str, ...]:
+    """Reward domains a run can meet, so workers import only those verifiers up front."""
+    from prorl_jax.rewards import DOMAINS
+
+    named = {s.domain for s in (*cfg.data.sources, *cfg.data.val_sources) if s.domain}
+    named |= {"reasoning_gym" for s in (*cfg.data.sources, *cfg.data.val_sources)
+              if s.kind == "reasoning_gym"}
+    unknown_mix = any(s.domain is None and s.kind != "reasoning_gym"
+                      for s in (*cfg.data.sources, *cfg.data.val_sources))
+    return DOMAINS if unknown_mix or not named else tuple(sorted(named))
 
 
 def _progress(cfg: TrainConfig, start: int):
