@@ -18,13 +18,15 @@ GiB = 1024**3
 def model_config_for(cfg: TrainConfig) -> ModelConfig:
     """The architecture a run will train, read without loading any weights."""
     m = cfg.model
+    path = None
     if m.path is not None:
         from prorl_jax.rl.trainer import resolve_model_path
 
         path = resolve_model_path(m.path) / "config.json"
-        if not path.is_file():
-            raise ConfigError(f"model.path: {path} not found")
+    if path is not None and path.is_file():
         base = ModelConfig.from_hf_config(json.loads(path.read_text()))
+    elif path is not None and m.preset is None:
+        raise ConfigError(f"model.path: {path} not found (set model.preset to plan without it)")
     elif m.preset is not None:
         base = ModelConfig.preset(m.preset)
     elif m.config is not None:
