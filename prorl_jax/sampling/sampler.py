@@ -228,7 +228,7 @@ _empty_cache = jax.jit(qwen.init_cache, static_argnames=("cfg", "batch", "max_le
 
 def _place(mesh, x, axes):
     if mesh is None:
-        return jnp.asarray(x)
+        return x  # jit transfers numpy arguments itself, without an eager dispatch each
     return shd.shard_batch(x, mesh, shd.SAMPLE_RULES, axes)
 
 

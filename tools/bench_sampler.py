@@ -1,0 +1,210 @@
+"""Decode throughput of prorl_jax.generate vs transformers' generate, side by side.
+
+Both run the same random Qwen2 checkpoint (built with transformers, loaded into JAX with
+load_hf), the same prompts, greedy, float32, no early stop. Runs alternate (ours, theirs,
+ours, ...) so that load from other processes hits both alike; the median is reported.
+
+Decode tokens/s = B * (new - 1) / (t(new tokens) - t(1 token)): the difference removes the
+prefill and fixed per-call costs. End-to-end tokens/s = B * new / t(new tokens). Each run
+also records its process CPU time; on a machine shared with other jobs the CPU-time ratio
+says what each sampler costs, the wall-clock one what it got.
+
+Roofline: per decode step the model must read every weight once plus the live KV cache
+(K and V of the prompt and the tokens so far: average context prompt + new / 2), and
+compute 2 FLOPs per weight-matmul parameter per row plus attention. The step's lower bound
+is max(bytes / copy bandwidth, FLOPs / matmul rate), both measured on this machine right
+before the runs; the roofline fraction is measured decode tokens/s over B / bound.
+
+    python tools/bench_sampler.py                     # the table in docs/performance.md
+    python tools/bench_sampler.py --batches 1 --repeats 1 --new-tokens 16   # smoke run
+
+Threads: by default both sides run single-threaded. On a small machine shared with other
+jobs, multi-threaded runtimes spin-wait on descheduled threads (torch with 2 threads on a
+loaded 2-core box measured 4x slower per step than with 1), which would measure the load,
+not the samplers. `--threads N` uses N on both sides on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _threads_from_argv(argv) -> int:
+    for i, a in enumerate(argv):
+        if a == "--threads":
+            return int(argv[i + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return 1
+
+
+# Thread counts must be fixed before jax / torch start their pools.
+_THREADS = _threads_from_argv(sys.argv[1:])
+if _THREADS == 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_multi_thread_eigen=false").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+import prorl_jax as pj  # noqa: E402
+
+torch.set_num_threads(_THREADS)
+
+# ~41M params, R1-Distill-Qwen layout (untied lm head, q/k/v bias, GQA 4:1).
+SMALL = dict(vocab_size=16384, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
+             tie_word_embeddings=False)
+# DeepSeek-R1-Distill-Qwen-1.5B shape (for accelerators).
+R1_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+               num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
+               tie_word_embeddings=False)
+
+
+def _best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def measure_machine(repeats: int = 5) -> dict:
+    """Copy bandwidth (bytes read + written per second) and float32 matmul FLOP/s."""
+    src = np.ones(64 * 2**20, np.float32)  # 256 MiB: far beyond the caches
+    dst = np.empty_like(src)
+    copy_s = _best_time(lambda: np.copyto(dst, src), repeats)
+    x = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
+    mm = jax.jit(lambda a: a @ a)
+    mm(x).block_until_ready()
+    jax_s = _best_time(lambda: mm(x).block_until_ready(), repeats)
+    t = torch.randn(2048, 2048)
+    torch_s = _best_time(lambda: t @ t, repeats)
+    flops = 2 * 2048**3
+    return {"bandwidth": 2 * src.nbytes / copy_s, "flops": flops / min(jax_s, torch_s),
+            "flops_jax": flops / jax_s, "flops_torch": flops / torch_s}
+
+
+def step_cost(cfg, batch: int, context: float) -> tuple[float, float]:
+    """(bytes, FLOPs) of one decode step at the given average context length."""
+    D, F, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
+    N, K, H = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    layer_matmul = D * N * H * 2 + D * K * H * 2 + 3 * D * F  # q, o, k, v, gate/up/down
+    matmul_params = L * layer_matmul + D * V  # + lm head (the embedding lookup is a gather)
+    all_params = matmul_params + V * D * (0 if cfg.tie_word_embeddings else 1)
+    kv_bytes = 2 * L * batch * context * K * H * 4
+    flops = 2 * matmul_params * batch + 4 * L * batch * context * N * H
+    return all_params * 4 + kv_bytes, flops
+
+
+def run_ours(cfg, params, prompts, new):
+    out = pj.generate(cfg, params, prompts, pj.SamplingParams(temperature=0, max_new_tokens=new))
+    return out.tokens
+
+
+def run_hf(model, input_ids, new):
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                             do_sample=False, max_new_tokens=new, min_new_tokens=new)
+    return out[:, input_ids.shape[1]:].numpy()
+
+
+def bench_batch(cfg, params, model, batch, prompt_len, new, repeats, rng):
+    prompts = rng.integers(1, cfg.vocab_size, size=(batch, prompt_len))
+    prompt_list = prompts.tolist()
+    input_ids = torch.from_numpy(prompts)
+    times = {k: [] for k in ("ours_full", "ours_1", "hf_full", "hf_1")}
+    cpu = {k: [] for k in times}  # process CPU seconds: what each side cost, whatever the load
+    # Warm-up: compiles our two programs, warms torch's allocator; also checks agreement.
+    ours_tokens = run_ours(cfg, params, prompt_list, new)
+    hf_tokens = run_hf(model, input_ids, new)
+    agree = float(np.mean(ours_tokens == hf_tokens))
+    run_ours(cfg, params, prompt_list, 1)
+    run_hf(model, input_ids, 1)
+    for _ in range(repeats):
+        for name, fn in (("ours_full", lambda: run_ours(cfg, params, prompt_list, new)),
+                         ("hf_full", lambda: run_hf(model, input_ids, new)),
+                         ("ours_1", lambda: run_ours(cfg, params, prompt_list, 1)),
+                         ("hf_1", lambda: run_hf(model, input_ids, 1))):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    return med, med_cpu, agree
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--shape", choices=("small", "r1-1.5b"), default="small")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads for both (1: XLA without its Eigen pool, torch 1 thread; "
+                         "N > 1: XLA's default pool, torch N threads)")
+    args = ap.parse_args(argv)
+
+    torch_dtype = getattr(torch, args.dtype)
+    config = Qwen2Config(**(SMALL if args.shape == "small" else R1_1_5B),
+                         attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(torch_dtype).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        cfg, params = pj.load_hf(tmp, dtype=args.dtype)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+    machine = measure_machine()
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); --threads {_THREADS}")
+    print(f"# model: {n_params / 1e6:.1f}M params {args.dtype}, prompt {args.prompt_len}, "
+          f"{args.new_tokens} new tokens, greedy; median of {args.repeats}")
+    print(f"# measured: copy bandwidth {machine['bandwidth'] / 1e9:.1f} GB/s, matmul "
+          f"{machine['flops'] / 1e9:.1f} GFLOP/s (jax {machine['flops_jax'] / 1e9:.1f}, "
+          f"torch {machine['flops_torch'] / 1e9:.1f})")
+    print("| batch | ours decode tok/s | transformers decode tok/s | ratio (wall) | "
+          "ratio (CPU time) | ours end-to-end tok/s | transformers end-to-end tok/s | ratio | "
+          "bound | roofline tok/s | ours / roofline (wall) | ours / roofline (CPU time) | "
+          "tokens agree |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    rng = np.random.default_rng(0)
+    new = args.new_tokens
+    for batch in (int(b) for b in args.batches.split(",")):
+        med, cpu, agree = bench_batch(cfg, params, model, batch, args.prompt_len, new,
+                                      args.repeats, rng)
+        ours_dec = batch * (new - 1) / (med["ours_full"] - med["ours_1"])
+        hf_dec = batch * (new - 1) / (med["hf_full"] - med["hf_1"])
+        ours_cpu = batch * (new - 1) / (cpu["ours_full"] - cpu["ours_1"])
+        hf_cpu = batch * (new - 1) / (cpu["hf_full"] - cpu["hf_1"])
+        ours_e2e = batch * new / med["ours_full"]
+        hf_e2e = batch * new / med["hf_full"]
+        nbytes, flops = step_cost(cfg, batch, args.prompt_len + new / 2)
+        t_mem, t_flop = nbytes / machine["bandwidth"], flops / machine["flops"]
+        bound = "memory" if t_mem >= t_flop else "compute"
+        roof = batch / max(t_mem, t_flop)
+        print(f"| {batch} | {ours_dec:,.0f} | {hf_dec:,.0f} | {ours_dec / hf_dec:.2f}x | "
+              f"{ours_cpu / hf_cpu:.2f}x | {ours_e2e:,.0f} | {hf_e2e:,.0f} | "
+              f"{ours_e2e / hf_e2e:.2f}x | {bound} | {roof:,.0f} | {ours_dec / roof:.0%} | "
+              f"{ours_cpu / roof:.0%} | {agree:.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
