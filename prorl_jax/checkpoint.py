@@ -101,9 +101,8 @@ class Checkpointer:
                        state_target=state_target, with_state=with_state, manager=self._manager)
 
 
-def restore(directory: str | pathlib.Path, step: int | None = None, *, params_target: Any = None,
-            state_target: Any = None, with_state: bool = True, manager=None):
-    """Restores (params, state, meta) from a checkpoint directory; see Checkpointer.restore."""
+def resolve_step(directory: str | pathlib.Path, step: int | None = None) -> int:
+    """`step` if complete in `directory`, the latest complete step if None; else an error."""
     directory = pathlib.Path(directory).absolute()
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
@@ -111,9 +110,34 @@ def restore(directory: str | pathlib.Path, step: int | None = None, *, params_ta
     if not steps:
         raise CheckpointError(f"no complete checkpoint in {directory}")
     if step is None:
-        step = steps[-1]
-    elif step not in steps:
+        return steps[-1]
+    if step not in steps:
         raise CheckpointError(f"step {step} not found in {directory} (complete steps: {steps})")
+    return step
+
+
+def restore_meta(directory: str | pathlib.Path, step: int | None = None) -> tuple[int, dict]:
+    """(step, meta) of a checkpoint without touching its arrays."""
+    step = resolve_step(directory, step)
+    manager = ocp.CheckpointManager(
+        pathlib.Path(directory).absolute(),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+        out = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # Orbax raises many types for corrupt data
+        raise CheckpointError(f"could not read meta of {directory}/{step}: {e}") from e
+    finally:
+        manager.close()
+    if not isinstance(out["meta"], dict):
+        raise CheckpointError(f"{directory}/{step}: meta is not a JSON object")
+    return step, dict(out["meta"])
+
+
+def restore(directory: str | pathlib.Path, step: int | None = None, *, params_target: Any = None,
+            state_target: Any = None, with_state: bool = True, manager=None):
+    """Restores (params, state, meta) from a checkpoint directory; see Checkpointer.restore."""
+    directory = pathlib.Path(directory).absolute()
+    step = resolve_step(directory, step)
     step_dir = directory / str(step)
     present = {p.name for p in step_dir.iterdir() if p.is_dir()}
     if "params" not in present or "meta" not in present:
