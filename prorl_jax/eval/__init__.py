@@ -27,21 +27,24 @@ from prorl_jax.eval.report import (
 from prorl_jax.eval.store import PromptResult, append_results, read_results, record_task
 
 _LAZY = {
-    "evaluate_records": "prorl_jax.eval.runner",
-    "evaluate_model": "prorl_jax.eval.runner",
-    "validate": "prorl_jax.eval.runner",
     "EvalSettings": "prorl_jax.eval.runner",
+    "evaluate_records": "prorl_jax.eval.runner",
+    "validate_records": "prorl_jax.eval.runner",
     "run_evaluation": "prorl_jax.eval.runner",
+    "tokenizer_decoder": "prorl_jax.eval.runner",
+    "load_data_spec": "prorl_jax.eval.data_spec",
+    "parse_data_spec": "prorl_jax.eval.data_spec",
     "plot_pass_at_k": "prorl_jax.eval.plots",
     "plot_report": "prorl_jax.eval.plots",
 }
 
 __all__ = [
     "DEFAULT_THRESHOLD", "EvalError", "EvalSettings", "PromptResult", "append_results",
-    "boundary_report", "build_report", "classify_boundary", "evaluate_model",
-    "evaluate_records", "parse_ks", "pass_at_k", "pass_at_k_curve", "plot_pass_at_k",
-    "plot_report", "read_results", "record_task", "render_markdown", "run_evaluation",
-    "successes", "summarize", "validate", "validation_metrics", "write_report",
+    "boundary_report", "build_report", "classify_boundary", "evaluate_records",
+    "load_data_spec", "parse_data_spec", "parse_ks", "pass_at_k", "pass_at_k_curve",
+    "plot_pass_at_k", "plot_report", "read_results", "record_task", "render_markdown",
+    "run_evaluation", "successes", "summarize", "tokenizer_decoder", "validate_records",
+    "validation_metrics", "write_report",
 ]
 
 

@@ -94,23 +94,29 @@ def summarize(results: Sequence[PromptResult], ks: Sequence[int],
             "tasks": tasks}
 
 
-def validation_metrics(results: Sequence[PromptResult],
-                       threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
+def validation_metrics(results: Sequence[PromptResult], threshold: float = DEFAULT_THRESHOLD,
+                       prefix: str = "val/") -> dict[str, float]:
     """Flat pass@1 / mean-reward metrics, overall and per domain (for training logs).
+
+    Names follow the trainer's metric names ("reward/mean", "reward/<domain>").
 
     Args:
       results: per-prompt results.
       threshold: success threshold.
+      prefix: prepended to every key.
 
     Returns:
-      {"pass@1": x, "mean_reward": y, "pass@1/<domain>": ..., "mean_reward/<domain>": ...}.
+      {prefix+"pass@1": x, prefix+"reward/mean": y, prefix+"pass@1/<domain>": ...,
+      prefix+"reward/<domain>": ...}; empty when there are no results.
     """
+    if not results:
+        return {}
     summary = summarize(results, [1], threshold)
-    out = {"pass@1": summary["overall"]["pass@1"],
-           "mean_reward": summary["overall"]["mean_reward"]}
+    out = {f"{prefix}pass@1": summary["overall"]["pass@1"],
+           f"{prefix}reward/mean": summary["overall"]["mean_reward"]}
     for domain, group in summary["domains"].items():
-        out[f"pass@1/{domain}"] = group["pass@1"]
-        out[f"mean_reward/{domain}"] = group["mean_reward"]
+        out[f"{prefix}pass@1/{domain}"] = group["pass@1"]
+        out[f"{prefix}reward/{domain}"] = group["mean_reward"]
     return out
 
 

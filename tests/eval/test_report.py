@@ -49,9 +49,11 @@ def test_summarize_per_task_and_domain():
     with pytest.raises(EvalError, match="fewer than k=8"):
         summarize(results, [1, 8])
     m = validation_metrics(results)
-    assert m["pass@1/math"] == pytest.approx(0.125)
-    assert m["mean_reward/reasoning_gym"] == pytest.approx(0.875)
-    assert m["pass@1"] == pytest.approx(1 / 3)
+    assert m["val/pass@1/math"] == pytest.approx(0.125)
+    assert m["val/reward/reasoning_gym"] == pytest.approx(0.875)
+    assert m["val/pass@1"] == pytest.approx(1 / 3)
+    assert m["val/reward/mean"] == pytest.approx((0.25 + 0 + 0.875) / 3)
+    assert validation_metrics([]) == {}
 
 
 @pytest.mark.parametrize("base_p1,base_pk,p1,pk,verdict", [

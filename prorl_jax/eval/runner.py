@@ -1,0 +1,380 @@
+"""Sampling and scoring prompts for evaluation: the code the CLI and the trainer share.
+
+  evaluate_records  n samples per prompt with the sampler, decoded and scored -> PromptResult
+  validate_records  the trainer's held-out validation: evaluate_records + pass@1 / mean reward
+  run_evaluation    several checkpoints into one output directory, resumable, with reports
+
+Per-prompt results are appended to OUT/samples/<label>.jsonl after every batch, so a rerun
+into the same directory samples only the prompts that are not there yet. The settings that
+change the samples (OUT/samples/<label>.json) must match on a rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prorl_jax.errors import CheckpointError
+from prorl_jax.eval.passk import DEFAULT_THRESHOLD, EvalError, parse_ks
+from prorl_jax.eval.report import boundary_lines, build_report, validation_metrics, write_report
+from prorl_jax.eval.store import PromptResult, append_results, read_results, record_task
+
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Sampling settings of an evaluation; defaults are the paper's (temperature 0.6,
+    top_p 0.95, 32k response budget, pass@1 over 16 samples).
+
+    Attributes:
+      n: samples per prompt.
+      temperature, top_p, top_k, max_new_tokens: sampler settings.
+      max_prompt_tokens: longer prompts are skipped and counted, never truncated.
+      seed: sampling seed.
+      use_chat_template: render prompts with the tokenizer's chat template.
+      batch_prompts: prompts per sampler call (and per append to the results file).
+      max_batch_tokens: KV-cache budget per compiled chunk in token slots (0: no limit).
+    """
+
+    n: int = 16
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 32768
+    max_prompt_tokens: int = 4096
+    seed: int = 0
+    use_chat_template: bool = True
+    batch_prompts: int = 8
+    max_batch_tokens: int = 0
+
+    def __post_init__(self):
+        if self.n < 1 or self.batch_prompts < 1 or self.max_prompt_tokens < 1:
+            raise EvalError("n, batch_prompts and max_prompt_tokens must be >= 1")
+        if self.max_batch_tokens < 0:
+            raise EvalError("max_batch_tokens must be >= 0")
+
+    def sample_key(self) -> dict:
+        """The settings a rerun into the same output must share (they change the samples)."""
+        return {k: getattr(self, k) for k in ("n", "temperature", "top_p", "top_k",
+                                              "max_new_tokens", "seed", "use_chat_template")}
+
+
+def batch_seed(seed: int, ids: Sequence[str]) -> int:
+    """Sampler seed for one batch: differs between batches (no shared random streams across
+    prompts) and depends only on the batch's prompt ids, not on its position in the run."""
+    return zlib.crc32(json.dumps([int(seed), list(ids)]).encode()) & 0x7FFFFFFF
+
+
+def tokenizer_decoder(tokenizer) -> Callable[[list[int]], str]:
+    """Completion ids (stop token excluded) -> text, decoded exactly as the trainer's rollouts
+    decode them (special tokens kept), so evaluation rewards match training rewards."""
+    return lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def _scorer(reward_pool) -> Callable[[list[tuple]], list[float]]:
+    return reward_pool.score if hasattr(reward_pool, "score") else reward_pool
+
+
+def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
+                     decode: Callable[[list[int]], str], score, sampling, seed: int = 0,
+                     mesh=None, batch_prompts: int = 8, max_batch_tokens: int | None = None,
+                     on_batch: Callable[[list[PromptResult]], None] | None = None,
+                     progress=None) -> list[PromptResult]:
+    """Sample `sampling.n` completions per prompt, decode and score them.
+
+    Args:
+      model_cfg, params: the model (prorl_jax.ModelConfig and its params).
+      records: prompt records (prorl_jax.data.Record or anything with id, domain,
+        ground_truth, meta).
+      encode: record -> prompt token ids, or None to skip the prompt (e.g.
+        ChatFormatter.encode, which returns None for prompts over its length limit).
+      decode: completion token ids without the stop token -> text (see tokenizer_decoder).
+      score: a RewardPool (its .score is used) or a function [(domain, completion,
+        ground_truth)] -> [reward].
+      sampling: prorl_jax.SamplingParams (n, temperature, ..., stop_token_ids).
+      seed: base seed; each batch draws from batch_seed(seed, its ids).
+      mesh: optional device mesh for the sampler.
+      batch_prompts: prompts per sampler call.
+      max_batch_tokens: the sampler's KV-cache budget per chunk (None: no limit).
+      on_batch: called with each batch's results as soon as they are scored.
+      progress: an object with .update(k) (e.g. tqdm), advanced by the prompts handled,
+        skipped ones included.
+
+    Returns:
+      PromptResult per encoded prompt, in input order (skipped prompts are left out).
+    """
+    from prorl_jax.sampling import generate
+
+    if batch_prompts < 1:
+        raise EvalError(f"batch_prompts must be >= 1, got {batch_prompts}")
+    score_fn = _scorer(score)
+    n = sampling.n
+    out_results: list[PromptResult] = []
+    for start in range(0, len(records), batch_prompts):
+        chunk = list(records[start:start + batch_prompts])
+        encoded = [(r, encode(r)) for r in chunk]
+        kept = [(r, ids) for r, ids in encoded if ids is not None]
+        batch_results: list[PromptResult] = []
+        if kept:
+            gen = generate(model_cfg, params, [ids for _, ids in kept], sampling,
+                           seed=batch_seed(seed, [str(r.id) for r, _ in kept]), mesh=mesh,
+                           max_batch_tokens=max_batch_tokens or None)
+            lengths = [int(x) for x in gen.lengths]
+            finished = [bool(x) for x in gen.finished]
+            # The stop token ends a row but is not part of its text.
+            texts = [decode([int(t) for t in gen.tokens[row][:lengths[row] - finished[row]]])
+                     for row in range(len(lengths))]
+            items = [(r.domain, texts[i * n + j], r.ground_truth)
+                     for i, (r, _) in enumerate(kept) for j in range(n)]
+            rewards = [float(x) for x in score_fn(items)]
+            for i, (r, _) in enumerate(kept):
+                rows = slice(i * n, (i + 1) * n)
+                batch_results.append(PromptResult(
+                    id=str(r.id), task=record_task(_record_dict(r)), domain=r.domain,
+                    rewards=tuple(rewards[rows]), completions=tuple(texts[rows]),
+                    lengths=tuple(lengths[rows]), finished=tuple(finished[rows])))
+            if on_batch is not None:
+                on_batch(batch_results)
+        out_results.extend(batch_results)
+        if progress is not None:
+            progress.update(len(chunk))
+    return out_results
+
+
+def _record_dict(r) -> dict:
+    return {"domain": r.domain, "ground_truth": r.ground_truth, "meta": r.meta}
+
+
+def validate_records(model_cfg, params, formatter, tokenizer, records: Sequence, reward_pool, *,
+                     n: int = 1, temperature: float = 0.6, top_p: float = 0.95, top_k: int = 0,
+                     max_new_tokens: int = 8192, stop_token_ids: Sequence[int] = (),
+                     seed: int = 0, mesh=None, threshold: float = DEFAULT_THRESHOLD,
+                     batch_prompts: int = 64, max_batch_tokens: int | None = None,
+                     prefix: str = "val/") -> dict[str, float]:
+    """Held-out validation for the trainer: pass@1 and mean reward, overall and per domain.
+
+    Args:
+      model_cfg, params: the policy.
+      formatter: prorl_jax.data.ChatFormatter (its .encode renders a record).
+      tokenizer: decodes completions.
+      records: validation prompt records.
+      reward_pool: RewardPool (or a scoring function, see evaluate_records).
+      n, temperature, top_p, top_k, max_new_tokens, stop_token_ids: sampler settings.
+      seed: sampling seed.
+      mesh: optional device mesh.
+      threshold: success threshold for continuous rewards.
+      batch_prompts, max_batch_tokens: batching (see evaluate_records).
+      prefix: metric name prefix.
+
+    Returns:
+      {"val/pass@1", "val/reward/mean", "val/pass@1/<domain>", "val/reward/<domain>"}
+      (see report.validation_metrics); empty when no prompt could be encoded.
+    """
+    from prorl_jax.sampling import SamplingParams
+
+    sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k,
+                              max_new_tokens=max_new_tokens, n=n,
+                              stop_token_ids=tuple(stop_token_ids))
+    results = evaluate_records(model_cfg, params, records, encode=formatter.encode,
+                               decode=tokenizer_decoder(tokenizer), score=reward_pool,
+                               sampling=sampling, seed=seed, mesh=mesh,
+                               batch_prompts=batch_prompts, max_batch_tokens=max_batch_tokens)
+    return validation_metrics(results, threshold, prefix=prefix)
+
+
+# ----------------------------------------------------------------------- the CLI's driver
+
+
+def resolve_model_dir(spec: str) -> str:
+    """A --model argument -> checkpoint directory ("builtin:NAME" is prorl_jax/assets/NAME).
+
+    Raises:
+      CheckpointError: the directory does not exist.
+    """
+    path = os.path.join(ASSETS, spec[len("builtin:"):]) if spec.startswith("builtin:") else spec
+    if not os.path.isdir(path):
+        raise CheckpointError(f"model directory not found: {spec}")
+    return path
+
+
+def model_labels(specs: Sequence[str]) -> list[str]:
+    """Short unique, file-name-safe labels for the models (directory names by default)."""
+    def clean(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._") or "model"
+
+    parts = [os.path.normpath(s.split(":", 1)[1] if s.startswith("builtin:") else s)
+             .split(os.sep) for s in specs]
+    labels = [clean(p[-1]) for p in parts]
+    for i, label in enumerate(labels):
+        if labels.count(label) > 1 and len(parts[i]) > 1:
+            labels[i] = clean("_".join(parts[i][-2:]))
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if label in seen:
+            seen[label] += 1
+            labels[i] = f"{label}-{seen[label]}"
+        else:
+            seen[label] = 0
+    return labels
+
+
+def stop_token_ids(model_dir: str, tokenizer, model_cfg) -> tuple[int, ...]:
+    """EOS ids of a checkpoint: tokenizer, config.json and generation_config.json together."""
+    ids = {int(v) for v in (tokenizer.eos_token_id, model_cfg.eos_token_id) if v is not None}
+    gen_path = os.path.join(model_dir, "generation_config.json")
+    if os.path.isfile(gen_path):
+        with open(gen_path, encoding="utf-8") as f:
+            eos = json.load(f).get("eos_token_id")
+        if eos is not None:
+            ids.update(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+    if not ids:
+        raise CheckpointError(f"{model_dir}: no eos token in the tokenizer or the configs")
+    return tuple(sorted(ids))
+
+
+def _check_settings(path: str, meta: dict) -> None:
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        diff = [k for k in meta if old.get(k) != meta[k]]
+        if diff:
+            k = diff[0]
+            raise EvalError(f"{path} holds samples made with {k}={old.get(k)!r}, not "
+                            f"{meta[k]!r}; use another --out or the same settings")
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+
+
+def _sample_model(label: str, model_dir: str, pending: Sequence, settings: EvalSettings,
+                  score, samples_path: str, total: int, show_progress: bool,
+                  log: Callable[[str], None]) -> None:
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from prorl_jax.data import ChatFormatter
+    from prorl_jax.model.hf import load_hf
+    from prorl_jax.sampling import SamplingParams
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load the tokenizer from {model_dir}: {e}") from None
+    model_cfg, params = load_hf(model_dir)
+    formatter = ChatFormatter(tokenizer, max_prompt_tokens=settings.max_prompt_tokens,
+                              use_chat_template=settings.use_chat_template)
+    sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
+                              top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
+                              n=settings.n,
+                              stop_token_ids=stop_token_ids(model_dir, tokenizer, model_cfg))
+    bar = tqdm(total=total, initial=total - len(pending), desc=label, unit="prompt",
+               file=sys.stderr, disable=not show_progress, dynamic_ncols=True)
+    try:
+        evaluate_records(model_cfg, params, pending, encode=formatter.encode,
+                         decode=tokenizer_decoder(tokenizer), score=score, sampling=sampling,
+                         seed=settings.seed, batch_prompts=settings.batch_prompts,
+                         max_batch_tokens=settings.max_batch_tokens or None,
+                         on_batch=lambda res: append_results(samples_path, res), progress=bar)
+    finally:
+        bar.close()
+    if formatter.dropped:
+        log(f"{label}: skipped {formatter.dropped} prompt(s) longer than "
+            f"{settings.max_prompt_tokens} tokens")
+
+
+def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
+                   settings: EvalSettings, ks: Sequence[int] | None = None, *,
+                   threshold: float = DEFAULT_THRESHOLD, labels: Sequence[str] | None = None,
+                   reward_workers: int = 2, reward_timeout_s: float = 10.0,
+                   data_spec: str = "", show_progress: bool = True,
+                   log: Callable[[str], None] = print) -> dict:
+    """Evaluate checkpoints on prompt records and write every report into out_dir.
+
+    Writes OUT/samples/<label>.jsonl (per-prompt completions and rewards) and
+    OUT/samples/<label>.json (sampling settings), OUT/results.json, OUT/report.md and
+    OUT/plots/*.png. Prompts already in a model's JSONL are not sampled again.
+
+    Args:
+      model_specs: checkpoint directories (or builtin:NAME); the first is the base.
+      records: prompt records (unique ids).
+      out_dir: output directory.
+      settings: sampling settings.
+      ks: k values (default: powers of two up to settings.n).
+      threshold: success threshold for continuous rewards.
+      labels: names for the models (default: from their directories).
+      reward_workers: reward processes (0: score in this process, no timeouts).
+      reward_timeout_s: wall-clock limit per reward item.
+      data_spec: recorded in the report.
+      show_progress: draw a progress bar per model.
+      log: where one-line messages go.
+
+    Returns:
+      the report dict written to results.json.
+    """
+    from prorl_jax.eval.plots import plot_report
+
+    ks = parse_ks(",".join(str(k) for k in ks), n=settings.n) if ks else parse_ks("", settings.n)
+    if not model_specs:
+        raise EvalError("no --model given")
+    if not records:
+        raise EvalError("no prompts to evaluate")
+    dirs = [resolve_model_dir(s) for s in model_specs]
+    labels = list(labels) if labels else model_labels(model_specs)
+    if len(labels) != len(dirs) or len(set(labels)) != len(labels):
+        raise EvalError(f"need one distinct label per model, got {labels}")
+    for label in labels:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+            raise EvalError(f"model label {label!r}: use letters, digits, '_', '.' and '-' only")
+
+    pool = None
+    try:
+        results_by_model: dict[str, list[PromptResult]] = {}
+        for label, model_dir in zip(labels, dirs):
+            samples_path = os.path.join(out_dir, "samples", f"{label}.jsonl")
+            _check_settings(os.path.join(out_dir, "samples", f"{label}.json"),
+                            {"model": os.path.abspath(model_dir), **settings.sample_key()})
+            done = read_results(samples_path)
+            pending = [r for r in records if str(r.id) not in done]
+            if pending:
+                log(f"{label}: sampling {len(pending)} of {len(records)} prompts "
+                    f"({len(records) - len(pending)} already in {samples_path})")
+                if pool is None and reward_workers > 0:
+                    from prorl_jax.rewards import RewardPool
+
+                    pool = RewardPool(reward_workers, reward_timeout_s,
+                                      preload=sorted({r.domain for r in records}))
+                score = pool if pool is not None else _inline_scorer
+                _sample_model(label, model_dir, pending, settings, score, samples_path,
+                              len(records), show_progress, log)
+                done = read_results(samples_path)
+            else:
+                log(f"{label}: all {len(records)} prompts already sampled in {samples_path}")
+            results_by_model[label] = [done[str(r.id)] for r in records if str(r.id) in done]
+    finally:
+        if pool is not None:
+            pool.close()
+
+    report = build_report(results_by_model, ks, threshold,
+                          settings={**settings.sample_key(), "data": data_spec},
+                          model_paths=dict(zip(labels, model_specs)))
+    plots = plot_report(report, os.path.join(out_dir, "plots"), rel_to=out_dir)
+    json_path, md_path = write_report(out_dir, report, plots)
+    log("\n".join(["", "Reasoning boundary", *boundary_lines(report["boundary"], labels[0])]))
+    log(f"\nwrote {json_path}, {md_path} and {len(plots)} plot(s) in "
+        f"{os.path.join(out_dir, 'plots')}")
+    return report
+
+
+def _inline_scorer(items: list[tuple[str, str, Any]]) -> list[float]:
+    from prorl_jax.rewards import score_batch
+
+    return score_batch(items, num_workers=0)
