@@ -1,0 +1,320 @@
+"""GRPO train-step throughput and MFU of prorl_jax vs the same update in PyTorch, side by side.
+
+Both sides start from the same random Qwen2 checkpoint (built with transformers, written
+with save_pretrained, loaded into JAX with load_hf) and take the same batch: left-padded
+prompts [P] + right-padded responses [R], M micro-batches of b sequences. One step is the
+ProRL v1 update: response logprobs at the rollout temperature, token-level clipped ratio
+(clip 0.2 / 0.4, dual clip 3.0), k3 KL to the reference (coefficient 1e-4), token-mean
+aggregation, gradients accumulated over the M micro-batches, global-norm clipping at 1.0,
+AdamW (lr 2e-6, betas (0.9, 0.999), eps 1e-8, weight decay 0.01), all in float32.
+
+- ours: `prorl_jax.rl.update.make_train_step` (one jitted program, params donated).
+- PyTorch: transformers' Qwen2ForCausalLM (sdpa attention) with `logits_to_keep` so the lm
+  head only runs on the response positions, log_softmax + gather, the loss written out in
+  torch ops, one backward per micro-batch, clip_grad_norm_, torch.optim.AdamW.
+The first step of each side also checks that both compute the same loss and gradient norm.
+
+Steps alternate (ours, PyTorch, ours, ...) so that load from other processes hits both
+alike; the median step time is reported, and the first call of ours (trace + compile + one
+step) minus that median is reported as compile time.
+
+Model FLOPs of one step (fwd + bwd = 3 x forward; recomputation is not counted):
+    3 * (2 * Pm * B*T  +  2 * D*V * B*R  +  4 * L*N*H * B*T*T)
+Pm = weight-matmul params of the decoder layers (q, k, v, o, gate, up, down), B*T all
+positions of the batch (padding included: both sides compute them), D*V the lm head, run on
+the B*R response positions only, and 4*L*N*H*T per position for QK^T and PV over the full
+key length (both implementations compute the masked full score matrix). The embedding is a
+gather (0 FLOPs). Peak = the larger of a float32 jnp.dot and torch.matmul of two
+NxN matrices (best of 5) under the same thread setting; MFU = model FLOPs / step time / peak.
+
+    python tools/bench_train.py                    # the table in docs/performance.md
+    python tools/bench_train.py --shapes 1x2x16x48 --steps 2    # smoke run
+
+Threads: `--threads N` (default: all cores) sets torch.set_num_threads(N) and, for N = 1,
+turns XLA's Eigen pool off; XLA otherwise uses one thread per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _threads_from_argv(argv) -> int:
+    for i, a in enumerate(argv):
+        if a == "--threads":
+            return int(argv[i + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return os.cpu_count() or 1
+
+
+# Thread counts must be fixed before jax / torch start their pools.
+_THREADS = _threads_from_argv(sys.argv[1:])
+if _THREADS == 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_multi_thread_eigen=false").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+import prorl_jax as pj  # noqa: E402
+from prorl_jax.config import OptimConfig, RLConfig  # noqa: E402
+from prorl_jax.rl.state import make_optimizer  # noqa: E402
+from prorl_jax.rl.update import batch_logprobs, make_train_step, micro_weights  # noqa: E402
+
+torch.set_num_threads(_THREADS)
+
+# ~41M params, R1-Distill-Qwen layout (untied lm head, q/k/v bias, GQA 4:1).
+SMALL = dict(vocab_size=16384, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
+             tie_word_embeddings=False)
+
+RL = RLConfig(clip_low=0.2, clip_high=0.4, clip_c=3.0, kl_coef=1e-4, kl_kind="low_var_kl",
+              entropy_coef=0.0, loss_agg="token-mean")
+OPTIM = OptimConfig(lr=2e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0)
+
+
+def measure_peak(n: int, repeats: int = 5) -> dict:
+    """float32 matmul FLOP/s of an n x n x n product, JAX and torch (best of `repeats`)."""
+    def best(fn):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    mm = jax.jit(lambda a: jnp.dot(a, a))
+    mm(x).block_until_ready()
+    t = torch.randn(n, n)
+    t @ t
+    flops = 2 * n**3
+    jax_rate = flops / best(lambda: mm(x).block_until_ready())
+    torch_rate = flops / best(lambda: t @ t)
+    return {"peak": max(jax_rate, torch_rate), "jax": jax_rate, "torch": torch_rate}
+
+
+def step_flops(cfg, m: int, b: int, prompt_len: int, resp_len: int) -> float:
+    """Model FLOPs of one update (formula in the module docstring)."""
+    D, F, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
+    N, K, H = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    layer_params = 2 * D * N * H + 2 * D * K * H + 3 * D * F
+    seqs, T = m * b, prompt_len + resp_len
+    fwd = (2 * L * layer_params * seqs * T + 2 * D * V * seqs * resp_len
+           + 4 * L * N * H * seqs * T * T)
+    return 3.0 * fwd
+
+
+def make_batch(cfg, params, m: int, b: int, prompt_len: int, resp_len: int, temperature: float,
+               rng: np.random.Generator) -> dict:
+    """A GRPO batch as numpy arrays [M, b, ...]: random prompt / response lengths and tokens.
+
+    old / reference logprobs are the current policy's logprobs plus noise, so that ratios
+    spread over and beyond the clip range and the KL term is non-zero.
+    """
+    T = prompt_len + resp_len
+    tokens = rng.integers(1, cfg.vocab_size, size=(m, b, T)).astype(np.int32)
+    attn = np.zeros((m, b, T), np.int32)
+    p_len = rng.integers(prompt_len // 2, prompt_len + 1, size=(m, b))
+    r_len = rng.integers(max(resp_len // 4, 1), resp_len + 1, size=(m, b))
+    for i in range(m):
+        for j in range(b):
+            attn[i, j, prompt_len - p_len[i, j]:prompt_len + r_len[i, j]] = 1
+    tokens = np.where(attn == 1, tokens, 0).astype(np.int32)
+    resp_mask = attn[:, :, prompt_len:].astype(np.float32)
+    logp = np.stack([np.asarray(batch_logprobs(cfg, params, jnp.asarray(tokens[i]),
+                                               jnp.asarray(attn[i]), prompt_len=prompt_len,
+                                               temperature=temperature))
+                     for i in range(m)])
+    old = (logp + 0.3 * rng.standard_normal(logp.shape)) * resp_mask
+    ref = (logp + 0.1 * rng.standard_normal(logp.shape)) * resp_mask
+    return {
+        "tokens": tokens, "attention_mask": attn, "response_mask": resp_mask,
+        "old_logprobs": old.astype(np.float32), "ref_logprobs": ref.astype(np.float32),
+        "advantages": rng.standard_normal((m, b)).astype(np.float32),
+        "weight": micro_weights(resp_mask, m, RL.loss_agg),
+    }
+
+
+def torch_grpo_loss(model, mb: dict, prompt_len: int, temperature: float):
+    """The ProRL v1 loss of one micro-batch, in torch ops (verl's formulas)."""
+    resp_len = mb["response_mask"].shape[1]
+    out = model(input_ids=mb["tokens"], attention_mask=mb["attention_mask"],
+                position_ids=mb["positions"], logits_to_keep=resp_len + 1, use_cache=False)
+    logits = out.logits[:, :-1].float() / temperature  # [b, R, V]: positions P-1 .. P+R-2
+    response = mb["tokens"][:, prompt_len:]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, response[..., None]).squeeze(-1)
+    mask = mb["response_mask"]
+    n_tok = mask.sum().clamp(min=1.0)
+    adv = mb["advantages"][:, None]
+    ratio = torch.exp(torch.clamp(logp - mb["old_logprobs"], -20.0, 20.0))
+    pg = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1.0 - RL.clip_low, 1.0 + RL.clip_high))
+    pg = torch.where(adv < 0, torch.minimum(pg, -adv * RL.clip_c), pg)
+    d = torch.clamp(mb["ref_logprobs"] - logp, -20.0, 20.0)
+    kl = torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
+    return ((pg * mask).sum() + RL.kl_coef * (kl * mask).sum()) / n_tok
+
+
+def torch_step(model, opt, micro: list[dict], prompt_len: int, temperature: float):
+    """One update; returns (loss, grad norm before clipping) as floats."""
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for mb in micro:
+        loss = torch_grpo_loss(model, mb, prompt_len, temperature) * mb["weight"]
+        loss.backward()
+        total += float(loss.detach())
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
+    opt.step()
+    return total, float(grad_norm)
+
+
+def torch_micro_batches(batch: dict) -> list[dict]:
+    out = []
+    for i in range(batch["tokens"].shape[0]):
+        attn = torch.from_numpy(batch["attention_mask"][i]).long()
+        out.append({
+            "tokens": torch.from_numpy(batch["tokens"][i]).long(),
+            "attention_mask": attn,
+            "positions": torch.clamp(attn.cumsum(-1) - 1, min=0),
+            "response_mask": torch.from_numpy(batch["response_mask"][i]),
+            "old_logprobs": torch.from_numpy(batch["old_logprobs"][i]),
+            "ref_logprobs": torch.from_numpy(batch["ref_logprobs"][i]),
+            "advantages": torch.from_numpy(batch["advantages"][i]),
+            "weight": float(batch["weight"][i]),
+        })
+    return out
+
+
+def torch_optimizer(model):
+    kw = dict(lr=OPTIM.lr, betas=(OPTIM.b1, OPTIM.b2), eps=OPTIM.eps,
+              weight_decay=OPTIM.weight_decay)
+    try:
+        return torch.optim.AdamW(model.parameters(), fused=True, **kw), "fused"
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(model.parameters(), foreach=True, **kw), "foreach"
+
+
+def bench_shape(hf_dir, cfg, m, b, prompt_len, resp_len, temperature, steps, rng):
+    _, params = pj.load_hf(hf_dir, dtype="float32")
+    batch = make_batch(cfg, params, m, b, prompt_len, resp_len, temperature, rng)
+    jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+    optimizer = make_optimizer(OPTIM)
+    opt_state = optimizer.init(params)
+    step = make_train_step(cfg, RL, optimizer, prompt_len=prompt_len, temperature=temperature)
+
+    model = Qwen2ForCausalLM.from_pretrained(hf_dir, dtype=torch.float32,
+                                             attn_implementation="sdpa").train()
+    opt, opt_kind = torch_optimizer(model)
+    micro = torch_micro_batches(batch)
+
+    t0 = time.perf_counter()
+    params, opt_state, metrics = step(params, opt_state, jbatch)
+    jax.block_until_ready((params, opt_state, metrics))
+    first_ours = time.perf_counter() - t0
+    ours_first = (float(metrics["loss"]), float(metrics["grad_norm"]))
+    t0 = time.perf_counter()
+    torch_first = torch_step(model, opt, micro, prompt_len, temperature)
+    first_torch = time.perf_counter() - t0
+
+    times = {"ours": [], "torch": []}
+    cpu = {"ours": [], "torch": []}
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        params, opt_state, metrics = step(params, opt_state, jbatch)
+        jax.block_until_ready((params, opt_state, metrics))
+        times["ours"].append(time.perf_counter() - t0)
+        cpu["ours"].append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
+        torch_step(model, opt, micro, prompt_len, temperature)
+        times["torch"].append(time.perf_counter() - t0)
+        cpu["torch"].append(time.process_time() - c0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "ours_s": med["ours"], "torch_s": med["torch"],
+        "ours_cpu_s": statistics.median(cpu["ours"]), "torch_cpu_s": statistics.median(cpu["torch"]),
+        "compile_s": first_ours - med["ours"], "torch_first_s": first_torch,
+        "ours_first": ours_first, "torch_first": torch_first, "opt_kind": opt_kind,
+        "spread": {k: (min(v), max(v)) for k, v in times.items()},
+        "response_tokens": int(batch["response_mask"].sum()),
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="1x8x64x192,2x2x128x384",
+                    help="comma-separated MxbxPxR: micro-batches x sequences each x prompt "
+                         "length x response length")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per side and shape")
+    ap.add_argument("--temperature", type=float, default=1.2)
+    ap.add_argument("--peak-n", type=int, default=2048, help="matrix size of the peak matmul")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="CPU threads for both sides (1 also turns XLA's Eigen pool off)")
+    args = ap.parse_args(argv)
+
+    config = Qwen2Config(**SMALL)
+    torch.manual_seed(0)
+    src = Qwen2ForCausalLM(config).to(torch.float32)
+    rng = np.random.default_rng(0)
+    load0 = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory() as hf_dir:
+        src.save_pretrained(hf_dir)
+        del src
+        cfg, params = pj.load_hf(hf_dir, dtype="float32")
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+        del params
+        peak = measure_peak(args.peak_n)
+        for shape in args.shapes.split(","):
+            m, b, p, r = (int(x) for x in shape.split("x"))
+            res = bench_shape(hf_dir, cfg, m, b, p, r, args.temperature, args.steps, rng)
+            rows.append((m, b, p, r, res))
+    load1 = os.getloadavg()
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads, AdamW {rows[0][4]['opt_kind']}); "
+          f"--threads {_THREADS}")
+    print(f"# model: {n_params / 1e6:.1f}M params float32 (Qwen2, V={cfg.vocab_size}, "
+          f"D={cfg.hidden_size}, F={cfg.intermediate_size}, L={cfg.num_hidden_layers}), "
+          f"temperature {args.temperature}; median of {args.steps} steps per side")
+    print(f"# peak: float32 {args.peak_n}^3 matmul {peak['peak'] / 1e9:.1f} GFLOP/s "
+          f"(jax {peak['jax'] / 1e9:.1f}, torch {peak['torch'] / 1e9:.1f})")
+    print(f"# load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min)")
+    print("| M x b x (P + R) | tokens/step | ours step s | PyTorch step s | ours tok/s | "
+          "PyTorch tok/s | speed ours/PyTorch (wall) | (CPU time) | ours MFU | PyTorch MFU | "
+          "ours compile s | loss ours / PyTorch | grad norm ours / PyTorch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for m, b, p, r, res in rows:
+        tokens = m * b * (p + r)
+        flops = step_flops(cfg, m, b, p, r)
+        ours_tps, torch_tps = tokens / res["ours_s"], tokens / res["torch_s"]
+        ours_mfu = flops / res["ours_s"] / peak["peak"]
+        torch_mfu = flops / res["torch_s"] / peak["peak"]
+        (l_o, g_o), (l_t, g_t) = res["ours_first"], res["torch_first"]
+        print(f"| {m} x {b} x ({p} + {r}) | {tokens:,} | {res['ours_s']:.2f} | "
+              f"{res['torch_s']:.2f} | {ours_tps:,.0f} | {torch_tps:,.0f} | "
+              f"{res['torch_s'] / res['ours_s']:.2f}x | "
+              f"{res['torch_cpu_s'] / res['ours_cpu_s']:.2f}x | {ours_mfu:.1%} | "
+              f"{torch_mfu:.1%} | {res['compile_s']:.1f} | {l_o:.5f} / {l_t:.5f} | "
+              f"{g_o:.4f} / {g_t:.4f} |", flush=True)
+    for m, b, p, r, res in rows:
+        lo = {k: f"{v[0]:.2f}-{v[1]:.2f}" for k, v in res["spread"].items()}
+        print(f"# {m}x{b}x({p}+{r}): model GFLOP/step {step_flops(cfg, m, b, p, r) / 1e9:.1f}, "
+              f"response tokens {res['response_tokens']}, step range ours {lo['ours']} s, "
+              f"PyTorch {lo['torch']} s, CPU s/step ours {res['ours_cpu_s']:.2f}, "
+              f"PyTorch {res['torch_cpu_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
