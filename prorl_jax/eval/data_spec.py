@@ -19,13 +19,15 @@ DEFAULT_GYM_SIZE = 50
 VERL_KEYS = ("data_source", "reward_model")
 
 
-def parse_data_spec(spec: str, *, seed: int = 0, limit: int = 0):
+def parse_data_spec(spec: str, *, seed: int = 0, limit: int = 0,
+                    task_config: dict | None = None):
     """Turn a --data SPEC into a data source config.
 
     Args:
       spec: see the module docstring.
       seed: generation seed for reasoning_gym specs.
       limit: keep only the first `limit` records (0 = all).
+      task_config: {task: Reasoning Gym dataset kwargs} for reasoning_gym specs.
 
     Returns:
       a prorl_jax.config.SourceConfig.
@@ -52,7 +54,9 @@ def parse_data_spec(spec: str, *, seed: int = 0, limit: int = 0):
             if size < 1:
                 raise EvalError(f"--data {spec!r}: N must be >= 1")
         return SourceConfig(kind="reasoning_gym", tasks=tasks, size=size, seed=seed, limit=limit,
-                            name="reasoning_gym")
+                            name="reasoning_gym", task_config=dict(task_config or {}))
+    if task_config:
+        raise EvalError("a task config applies to reasoning_gym:... data only")
     if spec.startswith("verl:"):
         return SourceConfig(kind="verl", path=spec[len("verl:"):], limit=limit)
     kind = "verl" if _looks_like_verl(spec) else "jsonl"
@@ -68,13 +72,14 @@ def _looks_like_verl(path: str) -> bool:
 
 
 def load_data_spec(spec: str, *, seed: int = 0, limit: int = 0,
-                   on_bad_record: str = "error") -> list:
+                   task_config: dict | None = None, on_bad_record: str = "error") -> list:
     """Load the prompt records a --data SPEC names.
 
     Args:
       spec: see the module docstring.
       seed: generation seed for reasoning_gym specs.
       limit: keep only the first `limit` records (0 = all).
+      task_config: {task: Reasoning Gym dataset kwargs} for reasoning_gym specs.
       on_bad_record: "error" or "skip" (see prorl_jax.data.load_source).
 
     Returns:
@@ -85,7 +90,7 @@ def load_data_spec(spec: str, *, seed: int = 0, limit: int = 0,
     """
     from prorl_jax.data import load_source
 
-    records = load_source(parse_data_spec(spec, seed=seed, limit=limit),
+    records = load_source(parse_data_spec(spec, seed=seed, limit=limit, task_config=task_config),
                           on_bad_record=on_bad_record)
     seen: set[str] = set()
     for r in records:

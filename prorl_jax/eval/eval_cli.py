@@ -9,6 +9,7 @@ No jax import at module level: `prorl-jax --help` must stay instant.
 from __future__ import annotations
 
 import argparse
+import json
 
 from prorl_jax.eval.passk import DEFAULT_THRESHOLD, EvalError
 
@@ -28,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-seed", type=int, default=1234,
                         help="generation seed for reasoning_gym:... data (default 1234; keep it "
                              "different from the training seed)")
+    parser.add_argument("--task-config", metavar="JSON",
+                        help='Reasoning Gym dataset options per task, e.g. '
+                             '\'{"basic_arithmetic": {"max_terms": 3}}\'')
+    parser.add_argument("--suffix", action="append", default=[], metavar="DOMAIN=TEXT",
+                        help="instruction appended to the prompts of a domain, replacing the "
+                             "default (see docs/data.md); DOMAIN= disables it; repeatable")
     parser.add_argument("--limit", type=int, default=0,
                         help="evaluate only the first N prompts (default 0: all)")
     parser.add_argument("--n", type=int, default=16,
@@ -60,6 +67,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output directory; rerunning into it resumes")
 
 
+def _parse_task_config(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EvalError(f"--task-config is not valid JSON ({e.msg})") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise EvalError('--task-config must be a JSON object {"task": {option: value}}')
+    return value
+
+
+def _parse_suffixes(items: list[str]) -> dict[str, str]:
+    from prorl_jax.data import DOMAINS
+
+    out = {}
+    for item in items:
+        domain, sep, text = item.partition("=")
+        if not sep or domain not in DOMAINS:
+            raise EvalError(f"--suffix {item!r}: expected DOMAIN=TEXT with DOMAIN one of {DOMAINS}")
+        out[domain] = text
+    return out
+
+
 def run(args) -> int:
     """Run the evaluation described by parsed `args`; returns the exit code."""
     from prorl_jax.eval.data_spec import load_data_spec
@@ -76,6 +107,7 @@ def run(args) -> int:
                             top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                             max_prompt_tokens=args.max_prompt_tokens, seed=args.seed,
                             use_chat_template=not args.no_chat_template,
+                            suffixes=_parse_suffixes(args.suffix),
                             batch_prompts=args.batch_prompts,
                             max_batch_tokens=args.max_batch_tokens)
     ks = parse_ks(args.k, n=args.n)
@@ -86,7 +118,8 @@ def run(args) -> int:
                    max_new_tokens=args.max_new_tokens, n=args.n)
     for spec in args.model:
         resolve_model_dir(spec)
-    records = load_data_spec(args.data, seed=args.data_seed, limit=args.limit)
+    records = load_data_spec(args.data, seed=args.data_seed, limit=args.limit,
+                             task_config=_parse_task_config(args.task_config))
     run_evaluation(args.model, records, args.out, settings, ks, threshold=args.threshold,
                    labels=args.label, reward_workers=args.reward_workers,
                    reward_timeout_s=args.reward_timeout, data_spec=args.data,

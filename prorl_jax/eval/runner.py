@@ -23,7 +23,13 @@ from typing import Any
 from prorl_jax.errors import CheckpointError
 from prorl_jax.eval.passk import DEFAULT_THRESHOLD, EvalError, parse_ks
 from prorl_jax.eval.report import boundary_lines, build_report, validation_metrics, write_report
-from prorl_jax.eval.store import PromptResult, append_results, read_results, record_task
+from prorl_jax.eval.store import (
+    PromptResult,
+    append_results,
+    read_results,
+    record_fingerprint,
+    record_task,
+)
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 
@@ -39,6 +45,7 @@ class EvalSettings:
       max_prompt_tokens: longer prompts are skipped and counted, never truncated.
       seed: sampling seed.
       use_chat_template: render prompts with the tokenizer's chat template.
+      suffixes: per-domain instruction suffix overrides for ChatFormatter ("" disables one).
       batch_prompts: prompts per sampler call (and per append to the results file).
       max_batch_tokens: KV-cache budget per compiled chunk in token slots (0: no limit).
     """
@@ -51,6 +58,7 @@ class EvalSettings:
     max_prompt_tokens: int = 4096
     seed: int = 0
     use_chat_template: bool = True
+    suffixes: dict = dataclasses.field(default_factory=dict)
     batch_prompts: int = 8
     max_batch_tokens: int = 0
 
@@ -63,7 +71,8 @@ class EvalSettings:
     def sample_key(self) -> dict:
         """The settings a rerun into the same output must share (they change the samples)."""
         return {k: getattr(self, k) for k in ("n", "temperature", "top_p", "top_k",
-                                              "max_new_tokens", "seed", "use_chat_template")}
+                                              "max_new_tokens", "seed", "use_chat_template",
+                                              "suffixes")}
 
 
 def batch_seed(seed: int, ids: Sequence[str]) -> int:
@@ -136,10 +145,12 @@ def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
             rewards = [float(x) for x in score_fn(items)]
             for i, (r, _) in enumerate(kept):
                 rows = slice(i * n, (i + 1) * n)
+                as_dict = _record_dict(r)
                 batch_results.append(PromptResult(
-                    id=str(r.id), task=record_task(_record_dict(r)), domain=r.domain,
+                    id=str(r.id), task=record_task(as_dict), domain=r.domain,
                     rewards=tuple(rewards[rows]), completions=tuple(texts[rows]),
-                    lengths=tuple(lengths[rows]), finished=tuple(finished[rows])))
+                    lengths=tuple(lengths[rows]), finished=tuple(finished[rows]),
+                    prompt_hash=record_fingerprint(as_dict)))
             if on_batch is not None:
                 on_batch(batch_results)
         out_results.extend(batch_results)
@@ -149,7 +160,8 @@ def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
 
 
 def _record_dict(r) -> dict:
-    return {"domain": r.domain, "ground_truth": r.ground_truth, "meta": r.meta}
+    return {"domain": r.domain, "prompt": r.prompt, "ground_truth": r.ground_truth,
+            "meta": r.meta}
 
 
 def validate_records(model_cfg, params, formatter, tokenizer, records: Sequence, reward_pool, *,
@@ -255,6 +267,15 @@ def _check_settings(path: str, meta: dict) -> None:
         f.write("\n")
 
 
+def _check_same_prompts(path: str, done: dict[str, PromptResult], records: Sequence) -> None:
+    for r in records:
+        old = done.get(str(r.id))
+        if old is not None and old.prompt_hash and old.prompt_hash != record_fingerprint(
+                _record_dict(r)):
+            raise EvalError(f"{path} holds samples of a different prompt with id {r.id!r} "
+                            "(changed data or task config); use another --out")
+
+
 def _sample_model(label: str, model_dir: str, pending: Sequence, settings: EvalSettings,
                   score, samples_path: str, total: int, show_progress: bool,
                   log: Callable[[str], None]) -> None:
@@ -270,7 +291,8 @@ def _sample_model(label: str, model_dir: str, pending: Sequence, settings: EvalS
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load the tokenizer from {model_dir}: {e}") from None
     model_cfg, params = load_hf(model_dir)
-    formatter = ChatFormatter(tokenizer, max_prompt_tokens=settings.max_prompt_tokens,
+    formatter = ChatFormatter(tokenizer, suffixes=dict(settings.suffixes) or None,
+                              max_prompt_tokens=settings.max_prompt_tokens,
                               use_chat_template=settings.use_chat_template)
     sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
                               top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
@@ -343,6 +365,7 @@ def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
             _check_settings(os.path.join(out_dir, "samples", f"{label}.json"),
                             {"model": os.path.abspath(model_dir), **settings.sample_key()})
             done = read_results(samples_path)
+            _check_same_prompts(samples_path, done, records)
             pending = [r for r in records if str(r.id) not in done]
             if pending:
                 log(f"{label}: sampling {len(pending)} of {len(records)} prompts "

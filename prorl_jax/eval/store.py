@@ -9,6 +9,7 @@ line anywhere else is an error naming the file and line, never a silent gap.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,8 @@ class PromptResult:
       completions: n decoded completions.
       lengths: n generated token counts (including the stop token).
       finished: n flags, True when the sample ended with a stop token.
+      prompt_hash: fingerprint of the record the samples answer (see `record_fingerprint`),
+        so a rerun can tell a changed prompt behind the same id.
     """
 
     id: str
@@ -38,11 +41,13 @@ class PromptResult:
     completions: tuple[str, ...] = ()
     lengths: tuple[int, ...] = ()
     finished: tuple[bool, ...] = ()
+    prompt_hash: str = ""
 
     def to_json(self) -> dict:
         return {"id": self.id, "task": self.task, "domain": self.domain,
                 "rewards": list(self.rewards), "completions": list(self.completions),
-                "lengths": list(self.lengths), "finished": list(self.finished)}
+                "lengths": list(self.lengths), "finished": list(self.finished),
+                "prompt_hash": self.prompt_hash}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> PromptResult:
@@ -50,7 +55,8 @@ class PromptResult:
                    rewards=tuple(float(r) for r in obj["rewards"]),
                    completions=tuple(str(t) for t in obj.get("completions", ())),
                    lengths=tuple(int(x) for x in obj.get("lengths", ())),
-                   finished=tuple(bool(x) for x in obj.get("finished", ())))
+                   finished=tuple(bool(x) for x in obj.get("finished", ())),
+                   prompt_hash=str(obj.get("prompt_hash", "")))
 
 
 def record_task(record: Mapping[str, Any]) -> str:
@@ -75,6 +81,20 @@ def record_task(record: Mapping[str, Any]) -> str:
     if isinstance(meta, Mapping) and meta.get("data_source"):
         return str(meta["data_source"])
     return str(record["domain"])
+
+
+def record_fingerprint(record: Mapping[str, Any]) -> str:
+    """A short hash of what a prompt asks and how it is scored (domain, prompt, ground truth).
+
+    Args:
+      record: a prompt record as a dict.
+
+    Returns:
+      16 hex digits.
+    """
+    blob = json.dumps([record["domain"], record["prompt"], record["ground_truth"]],
+                      sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def read_results(path: str | os.PathLike) -> dict[str, PromptResult]:

@@ -122,10 +122,17 @@ def test_eval_end_to_end_and_resume(models, tmp_path, capsys):
     assert "all 6 prompts already sampled" in third and "sampling" not in third.replace(
         "already sampled", "")
 
-    # Other sampling settings into the same --out are refused.
+    # Other sampling settings into the same --out are refused, and so are changed prompts.
     code = _eval(models, out, "--data", f"{DATA}:3", "--seed", "7")
     assert code == 2
     assert "seed=0" in capsys.readouterr().err
+    code = _eval(models, out, "--data", f"{DATA}:3", "--suffix", "reasoning_gym=Answer.")
+    assert code == 2
+    assert "suffixes={}" in capsys.readouterr().err
+    code = _eval(models, out, "--data", f"{DATA}:3", "--task-config",
+                 '{"basic_arithmetic": {"min_terms": 4, "max_terms": 4}}')
+    assert code == 2
+    assert "different prompt with id" in capsys.readouterr().err
 
 
 def test_evaluate_records_matches_the_sampler(models):
@@ -192,6 +199,10 @@ def test_evaluate_records_matches_the_sampler(models):
     (["--data", "reasoning_gym:chain_sum:x"], "N must be an integer"),
     (["--data", "nope.jsonl"], "data file not found"),
     (["--data", "reasoning_gym:chain_sum:2", "--label", "a", "--label", "b"], "--label given 2"),
+    (["--data", "reasoning_gym:chain_sum:2", "--task-config", "{bad"], "not valid JSON"),
+    (["--data", "reasoning_gym:chain_sum:2", "--task-config", '{"boxnet": {}}'],
+     "not in tasks"),
+    (["--data", "reasoning_gym:chain_sum:2", "--suffix", "poetry=x"], "expected DOMAIN=TEXT"),
 ])
 def test_cli_user_errors(models, tmp_path, capsys, argv, msg):
     code = main(["eval", "--model", models[1], "--out", str(tmp_path / "o"), *argv])
