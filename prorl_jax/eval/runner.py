@@ -223,10 +223,9 @@ def model_labels(specs: Sequence[str]) -> list[str]:
 
     parts = [os.path.normpath(s.split(":", 1)[1] if s.startswith("builtin:") else s)
              .split(os.sep) for s in specs]
-    labels = [clean(p[-1]) for p in parts]
-    for i, label in enumerate(labels):
-        if labels.count(label) > 1 and len(parts[i]) > 1:
-            labels[i] = clean("_".join(parts[i][-2:]))
+    short = [clean(p[-1]) for p in parts]
+    labels = [clean("_".join(p[-2:])) if short.count(s) > 1 and len(p) > 1 else s
+              for s, p in zip(short, parts)]
     seen: dict[str, int] = {}
     for i, label in enumerate(labels):
         if label in seen:
