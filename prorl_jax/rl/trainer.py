@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
+from prorl_jax import losses
 from prorl_jax.checkpoint import Checkpointer, complete_steps
 from prorl_jax.config import TrainConfig, to_dict
 from prorl_jax.errors import ConfigError
@@ -250,20 +251,22 @@ class Trainer:
         # verl computes training logprobs at the rollout temperature; greedy rollouts -> 1.
         return self.cfg.sampling.temperature or 1.0
 
-    def _logprobs(self, params, arrays: dict, prompt_len: int) -> np.ndarray:
-        """Logprobs of all rows in slices of one micro-batch (bounded memory)."""
+    def _logprobs(self, params, arrays: dict, prompt_len: int, with_entropy: bool = False):
+        """Logprobs [B, R] (and entropies) of all rows, in micro-batch-sized slices."""
         rows = arrays["tokens"].shape[0]
         size = max(1, self.cfg.rl.mini_batch_prompts * self.cfg.sampling.n // self.cfg.rl.micro_batches)
-        out = []
+        outs = []
         for start in range(0, rows, size):
-            sl = {k: v[start:start + size] for k, v in arrays.items()}
-            sl = batching.pad_rows(sl, size)
+            sl = batching.pad_rows({k: arrays[k][start:start + size]
+                                    for k in ("tokens", "attention_mask")}, size)
             with self._rules():
-                lp = batch_logprobs(self.model_cfg, params, self._device(sl["tokens"]),
-                                    self._device(sl["attention_mask"]), prompt_len=prompt_len,
-                                    temperature=self._temperature)
-            out.append(np.asarray(lp)[: min(size, rows - start)])
-        return np.concatenate(out)
+                out = batch_logprobs(self.model_cfg, params, self._device(sl["tokens"]),
+                                     self._device(sl["attention_mask"]), prompt_len=prompt_len,
+                                     temperature=self._temperature, with_entropy=with_entropy)
+            keep = min(size, rows - start)
+            outs.append([np.asarray(o)[:keep] for o in (out if with_entropy else (out,))])
+        cat = [np.concatenate(parts) for parts in zip(*outs)]
+        return tuple(cat) if with_entropy else cat[0]
 
     def update(self, groups, step: int) -> dict:
         """PPO epochs over mini-batches of the kept groups; returns averaged metrics."""
@@ -272,7 +275,8 @@ class Trainer:
                                                 cfg.sampling.max_prompt_tokens)
         arrays = batching.layout(groups, prompt_len, self.pad_id)
         arrays["advantages"] = batching.advantages(cfg, groups.rewards, arrays["response_mask"])
-        arrays["old_logprobs"] = self._logprobs(self.state.params, arrays, prompt_len)
+        arrays["old_logprobs"], entropy = self._logprobs(self.state.params, arrays, prompt_len,
+                                                         with_entropy=True)
         if cfg.rl.kl_coef != 0:
             arrays["ref_logprobs"] = self._logprobs(self.state.ref_params, arrays, prompt_len)
         else:
@@ -295,6 +299,8 @@ class Trainer:
         stacked = {k: np.asarray([float(m[k]) for m in collected]) for k in collected[0]}
         out = {k: float(v.max() if k.endswith("max") else v.mean()) for k, v in stacked.items()}
         out["skipped"] = float(stacked["skipped"].sum())
+        # The rollout policy's entropy (at the rollout temperature), same aggregation as the loss.
+        out["entropy"] = float(losses.aggregate(entropy, arrays["response_mask"], cfg.rl.loss_agg))
         self.counters["skipped_updates"] += int(out["skipped"])
         if out["skipped"]:
             log.warning("step %d: %d update(s) skipped for a non-finite loss or gradient",
@@ -312,7 +318,8 @@ class Trainer:
         return validate_records(self.model_cfg, self.state.params, self.formatter, self.tokenizer,
                                 self.val_records, self.pool, n=v.n, temperature=v.temperature,
                                 top_p=v.top_p, max_new_tokens=v.max_new_tokens,
-                                stop_token_ids=(self.eos_id,), seed=self.cfg.seed, mesh=self.mesh)
+                                stop_token_ids=(self.eos_id,), seed=self.cfg.seed, mesh=self.mesh,
+                                max_batch_tokens=self.cfg.sampling.max_batch_tokens or None)
 
     # ------------------------------------------------------------------ the loop
 

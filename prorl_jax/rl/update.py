@@ -39,17 +39,20 @@ def response_logprobs(cfg: ModelConfig, params, tokens, attention_mask, prompt_l
     h = hidden[:, prompt_len - 1:-1]  # [B, R, D]
     response = tokens[:, prompt_len:]  # [B, R]
     w = qwen.unembed_matrix(cfg, params)  # [D, V]
-    logp, ent = losses.logprobs_and_entropy_from_hidden(h, w, response, temperature,
-                                                        chunk_size=chunk_size)
-    return (logp, ent) if with_entropy else logp
+    if not with_entropy:
+        return losses.token_logprobs_from_hidden(h, w, response, temperature,
+                                                 chunk_size=chunk_size)
+    return losses.logprobs_and_entropy_from_hidden(h, w, response, temperature,
+                                                   chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "temperature", "chunk_size"))
+@functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "temperature", "with_entropy",
+                                             "chunk_size"))
 def batch_logprobs(cfg, params, tokens, attention_mask, *, prompt_len, temperature,
-                   chunk_size=losses.DEFAULT_CHUNK_SIZE):
-    """Jitted `response_logprobs` without gradients: old and reference logprobs."""
+                   with_entropy=False, chunk_size=losses.DEFAULT_CHUNK_SIZE):
+    """Jitted `response_logprobs` without gradients: old (with entropy) and reference logprobs."""
     return response_logprobs(cfg, params, tokens, attention_mask, prompt_len, temperature,
-                             chunk_size=chunk_size)
+                             with_entropy=with_entropy, chunk_size=chunk_size)
 
 
 def micro_weights(response_mask, micro_batches: int, agg: str):
@@ -86,18 +89,19 @@ def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTra
       weight float32 [M] (from `micro_weights`).
     Gradients are accumulated over M in a scan (memory of one micro-batch). A non-finite
     loss or gradient leaves params and optimizer state unchanged; metrics["skipped"] = 1.
+    Entropy is computed here only when it is in the loss (entropy_coef != 0); the trainer
+    logs the rollout policy's entropy from the no-gradient old-logprobs pass instead.
     """
     want_entropy = rl.entropy_coef != 0.0
 
     def loss_fn(params, mb):
-        logp, ent = response_logprobs(cfg, params, mb["tokens"], mb["attention_mask"],
-                                      prompt_len, temperature, with_entropy=True,
-                                      chunk_size=chunk_size)
+        out = response_logprobs(cfg, params, mb["tokens"], mb["attention_mask"], prompt_len,
+                                temperature, with_entropy=want_entropy, chunk_size=chunk_size)
+        logp, ent = out if want_entropy else (out, None)
         loss, metrics = losses.grpo_loss(
             logp, mb["old_logprobs"], mb["ref_logprobs"], mb["advantages"], mb["response_mask"],
             clip_low=rl.clip_low, clip_high=rl.clip_high, clip_c=rl.clip_c,
-            kl_coef=rl.kl_coef, kl_kind=rl.kl_kind,
-            entropy=ent if want_entropy else jax.lax.stop_gradient(ent),
+            kl_coef=rl.kl_coef, kl_kind=rl.kl_kind, entropy=ent,
             entropy_coef=rl.entropy_coef, agg=rl.loss_agg)
         return loss * mb["weight"], metrics
 
