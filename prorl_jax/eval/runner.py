@@ -279,16 +279,13 @@ def _sample_model(label: str, model_dir: str, pending: Sequence, settings: EvalS
                   score, samples_path: str, total: int, show_progress: bool,
                   log: Callable[[str], None]) -> None:
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
     from prorl_jax.data import ChatFormatter
     from prorl_jax.model.hf import load_hf
     from prorl_jax.sampling import SamplingParams
+    from prorl_jax.tokenizer import load_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot load the tokenizer from {model_dir}: {e}") from None
+    tokenizer = load_tokenizer(model_dir)
     model_cfg, params = load_hf(model_dir)
     formatter = ChatFormatter(tokenizer, suffixes=dict(settings.suffixes) or None,
                               max_prompt_tokens=settings.max_prompt_tokens,

@@ -112,12 +112,11 @@ class Trainer:
         self.optimizer = state_lib.make_optimizer(cfg.optim)
         self.state = state_lib.init_train_state(params, self.optimizer, cfg.seed)
 
-        from transformers import AutoTokenizer
-
         from prorl_jax import data as data_lib
         from prorl_jax import rewards
+        from prorl_jax.tokenizer import load_tokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        self.tokenizer = load_tokenizer(self.model_dir)
         eos = self.tokenizer.eos_token_id
         if eos is None:
             eos = model_cfg.eos_token_id

@@ -118,7 +118,6 @@ def run(args) -> int:
     import dataclasses
 
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
     from prorl_jax.model.hf import load_hf
     from prorl_jax.sampling import SamplingParams, generate
@@ -127,10 +126,9 @@ def run(args) -> int:
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                               max_new_tokens=args.max_new_tokens, n=args.n)
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot load the tokenizer from {args.model}: {e}") from None
+    from prorl_jax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
     where = args.prompts or "--prompt"
     encoded = [_encode(tokenizer, r["prompt"], args.chat, f"{where} prompt {r['id']}")
                for r in records]

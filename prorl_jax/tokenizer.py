@@ -1,0 +1,41 @@
+"""Loading a checkpoint's tokenizer, honouring the class the checkpoint declares.
+
+transformers 5's AutoTokenizer picks the tokenizer class registered for config.json's
+model_type (e.g. Qwen2Tokenizer for "qwen2") even when tokenizer_config.json declares the
+generic fast tokenizer, and Qwen2Tokenizer rebuilds a byte-level pipeline that silently
+drops the spaces of a tokenizer.json that is not byte-level. A checkpoint that ships its
+own tokenizer.json and declares a generic class gets exactly that tokenizer here.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from prorl_jax.errors import CheckpointError
+
+GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
+def load_tokenizer(path: str | pathlib.Path):
+    """The tokenizer of a local checkpoint directory (no network).
+
+    Raises:
+      CheckpointError when the directory has no loadable tokenizer.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = pathlib.Path(path)
+    config_file = path / "tokenizer_config.json"
+    declared = None
+    if config_file.is_file():
+        try:
+            declared = json.loads(config_file.read_text()).get("tokenizer_class")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise CheckpointError(f"{config_file} is not a valid JSON object: {e}") from None
+    try:
+        if declared in GENERIC_CLASSES and (path / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: no loadable tokenizer ({type(e).__name__}: {e})") from None
