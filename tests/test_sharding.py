@@ -119,7 +119,7 @@ def test_sharded_cache_decode_equals_single_device(reference):
 
     ref, _ = run(ref_params, qwen.init_cache(CFG, 8, 8), contextlib.nullcontext())
     cache = qwen.init_cache(CFG, 8, 8, mesh=mesh)
-    assert cache.k.sharding.spec == PartitionSpec(None, ("data", "fsdp"), None, "tensor", None)
+    assert cache.k.sharding.spec == PartitionSpec(None, ("data", "fsdp"), "tensor", None, None)
     out, cache = run(params, cache, sharding.use_rules(mesh, SAMPLE_RULES))
     assert cache.k.sharding.spec[1] == ("data", "fsdp")
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)

@@ -17,6 +17,12 @@ before the runs; the roofline fraction is measured decode tokens/s over B / boun
 
     python tools/bench_sampler.py                     # the table in docs/performance.md
     python tools/bench_sampler.py --batches 1 --repeats 1 --new-tokens 16   # smoke run
+    python tools/bench_sampler.py --rollout          # the demo trainer's rollout shape
+
+--rollout times one whole `generate` call of the embedded demo's trainer instead: a ~0.8M
+parameter Qwen2 (hidden 128, 4 layers, vocab 100, tied embeddings), 16 prompts of 30-64
+tokens, 8 samples each at temperature 1, 8 and 16 new tokens; transformers runs the same
+with do_sample=True and num_return_sequences=8 (its samples differ: other random streams).
 
 Threads: by default both sides run single-threaded. On a small machine shared with other
 jobs, multi-threaded runtimes spin-wait on descheduled threads (torch with 2 threads on a
@@ -146,6 +152,64 @@ def bench_batch(cfg, params, model, batch, prompt_len, new, repeats, rng):
     return med, med_cpu, agree
 
 
+DEMO = dict(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+            tie_word_embeddings=True)
+
+
+def bench_rollout(repeats: int) -> None:
+    """Wall and CPU ms of one rollout call at the demo trainer's shape, ours vs transformers."""
+    config = Qwen2Config(**DEMO, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        cfg, params = pj.load_hf(tmp, dtype="float32")
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, cfg.vocab_size, size=int(rng.integers(30, 65))).tolist()
+               for _ in range(16)]
+    width = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)  # left-padded
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    print(f"# rollout: {cfg.num_params() / 1e6:.2f}M params float32, 16 prompts x 8 samples, "
+          f"prompts 30-64 tokens, temperature 1; median of {repeats}")
+    print("| new tokens | ours wall ms | transformers wall ms | ratio | ours CPU ms | "
+          "transformers CPU ms | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for new in (8, 16):
+        sp = pj.SamplingParams(temperature=1.0, max_new_tokens=new, n=8)
+
+        def ours(sp=sp):
+            pj.generate(cfg, params, prompts, sp, seed=1)
+
+        def theirs(new=new):
+            with torch.inference_mode():
+                model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
+                               num_return_sequences=8, max_new_tokens=new,
+                               min_new_tokens=new)
+
+        ours()
+        theirs()
+        wall = {"ours": [], "theirs": []}
+        cpu = {"ours": [], "theirs": []}
+        for _ in range(repeats):
+            for name, fn in (("ours", ours), ("theirs", theirs)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                wall[name].append(1e3 * (time.perf_counter() - t0))
+                cpu[name].append(1e3 * (time.process_time() - c0))
+        w = {k: statistics.median(v) for k, v in wall.items()}
+        c = {k: statistics.median(v) for k, v in cpu.items()}
+        print(f"| {new} | {w['ours']:,.0f} | {w['theirs']:,.0f} | "
+              f"{w['theirs'] / w['ours']:.2f}x | {c['ours']:,.0f} | {c['theirs']:,.0f} | "
+              f"{c['theirs'] / c['ours']:.2f}x |", flush=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", default="1,16,64")
@@ -157,7 +221,12 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads for both (1: XLA without its Eigen pool, torch 1 thread; "
                          "N > 1: XLA's default pool, torch N threads)")
+    ap.add_argument("--rollout", action="store_true",
+                    help="time the demo trainer's rollout shape instead (see above)")
     args = ap.parse_args(argv)
+    if args.rollout:
+        bench_rollout(max(args.repeats, 5))
+        return
 
     torch_dtype = getattr(torch, args.dtype)
     config = Qwen2Config(**(SMALL if args.shape == "small" else R1_1_5B),

@@ -15,8 +15,10 @@ Params are a plain nested dict with the decoder layers stacked on a leading L ax
     lm_head/kernel                [D, V]            (absent when tie_word_embeddings)
 
 The KV cache is an explicit pytree argument and return value (`KVCache`), stacked per layer
-the same way. Numerics follow transformers' eager Qwen2/Qwen3 attention: RMSNorm in float32,
-half-split RoPE computed in float32, attention scores and softmax in float32.
+the same way. For decode loops, `split_layers` / `split_cache` turn both into tuples of
+per-layer arrays (see split_layers for why). Numerics follow transformers' eager
+Qwen2/Qwen3 attention: RMSNorm in float32, half-split RoPE computed in float32, attention
+scores and softmax in float32.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ def _dtype(name: str):
 class KVCache:
     """Keys and values of every layer, one slot per position written so far.
 
-    k, v:   [L, B, S, K, H] compute dtype
+    k, v:   [L, B, K, S, H] compute dtype; kv-head-major so that each (row, kv head)
+            holds its S keys contiguously and the attention is one batched matmul over
+            (B, K) without transposing the cache. With split layers (split_cache) k and v
+            are tuples of L arrays [B, K, S, H].
     mask:   bool [B, S]      slot holds a real (non-padding) token
     index:  int32 []         next slot to write (the same for every row)
     """
@@ -114,8 +119,15 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sin, cos, allowed, kv, index):
-        """x [B, T, D]; sin/cos [B, T, H]; allowed bool [B, T, S]; kv None or ([B, S, K, H] x2)."""
+    def __call__(self, x, sin, cos, allowed, kv, layer, index):
+        """One attention block.
+
+        x [B, T, D]; sin/cos [B, T, H]; allowed bool [B, T, S]; kv None (no cache, S = T),
+        the stacked cache (k, v), each [L, B, K, S, H], with layer int32 [] this layer's
+        row of it, or (split layers, layer None) this layer's own (k, v) [B, K, S, H];
+        index int32 [] (first slot to write). Returns the output [B, T, D] and the
+        updated kv (None without a cache).
+        """
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         D, N, K, H = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -131,28 +143,65 @@ class Attention(nn.Module):
         q = sharding.constrain(_rope(q, sin, cos), ("batch", "seq", "act_q_heads", "act_head_dim"))
         k = sharding.constrain(_rope(k, sin, cos), ("batch", "seq", "act_kv_heads", "act_head_dim"))
         v = sharding.constrain(v, ("batch", "seq", "act_kv_heads", "act_head_dim"))
-
-        if kv is None:
-            keys, values, new_kv = k, v, None  # S = T
-        else:
-            cache_axes = ("batch", "cache_seq", "act_kv_heads", "act_head_dim")
-            k_cache, v_cache = kv
-            keys = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-            values = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-            keys, values = sharding.constrain(keys, cache_axes), sharding.constrain(values, cache_axes)
-            new_kv = (keys, values)
+        B, T = q.shape[:2]
+        q = q.reshape(B, T, K, G, H)  # [B, T, K, G, H]: GQA without repeating the kv heads
 
         with jax.named_scope("attention"):
-            B, T = q.shape[:2]
-            q = q.reshape(B, T, K, G, H)  # [B, T, K, G, H]: GQA without repeating the kv heads
-            scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, keys.astype(dt),
-                                preferred_element_type=jnp.float32) * (H ** -0.5)
-            # finfo.min (not -inf) keeps a fully masked row (left padding) finite: uniform, no NaN.
-            scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-            out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values.astype(dt)).reshape(B, T, N, H)
+            if kv is None:
+                scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k,
+                                    preferred_element_type=jnp.float32)
+                probs = _softmax(scores * (H ** -0.5), allowed, dt)
+                out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+                new_kv = None
+            else:
+                keys, values, new_kv = _write_cache(kv, k, v, layer, index)  # [B, K, S, H]
+                scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, keys.astype(dt),
+                                    preferred_element_type=jnp.float32)
+                probs = _softmax(scores * (H ** -0.5), allowed, dt)
+                # Output [B, K, G, T, H] then a small transpose: asking the einsum for
+                # BTKGH directly makes XLA:CPU contract over S as the lhs's major dim, a
+                # slow generic dot (3x the time of this batched matmul at decode shapes).
+                out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, values.astype(dt))
+                out = out.transpose(0, 3, 1, 2, 4)
+            out = out.reshape(B, T, N, H)
         out = proj("BTNH,NHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"), 0, name="o")(out)
         return out, new_kv
+
+
+def _softmax(scores, allowed, dt):
+    """float32 scores [B, K, G, T, S] -> probabilities in dt; disallowed keys get weight 0."""
+    # finfo.min (not -inf) keeps a fully masked row (left padding) finite: uniform, no NaN.
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1).astype(dt)
+
+
+_CACHE_AXES = ("layers", "batch", "act_kv_heads", "cache_seq", "act_head_dim")
+
+
+def _write_cache(kv, k, v, layer, index):
+    """Writes one layer's new k, v [B, T, K, H] at slots [index, index + T) of the cache.
+
+    kv is either the stacked pair [L, B, K, S, H] (layer = this layer's row; the pair is
+    the layer scan's carry, so each call updates T slots of one layer in place, where
+    taking it as scanned input and output would make XLA build a fresh [L, B, K, S, H]
+    pair and copy the whole cache every step) or, with split layers (layer None), this
+    layer's own pair [B, K, S, H], which the attention then reads without slicing it out
+    of a larger buffer. Returns this layer's keys and values [B, K, S, H] and the new kv.
+    """
+    k_c, v_c = kv
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, H]
+    if layer is None:
+        axes, start = _CACHE_AXES[1:], (0, 0, index, 0)
+    else:
+        axes, start = _CACHE_AXES, (layer, 0, 0, index, 0)
+        k, v = k[None], v[None]
+    k_c = sharding.constrain(jax.lax.dynamic_update_slice(k_c, k.astype(k_c.dtype), start), axes)
+    v_c = sharding.constrain(jax.lax.dynamic_update_slice(v_c, v.astype(v_c.dtype), start), axes)
+    if layer is None:
+        return k_c, v_c, (k_c, v_c)
+    keys = jax.lax.dynamic_index_in_dim(k_c, layer, 0, keepdims=False)  # [B, K, S, H]
+    values = jax.lax.dynamic_index_in_dim(v_c, layer, 0, keepdims=False)
+    return keys, values, (k_c, v_c)
 
 
 class MLP(nn.Module):
@@ -171,22 +220,28 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm decoder layer; scanned, so it returns (carry, per-layer output)."""
+    """One pre-norm decoder layer; scanned, so it returns (carry, per-layer output).
+
+    The carry is (x [B, T, D], kv): kv is None, or the whole stacked cache of which row
+    `layer` (the scanned input) is read and written, or with split layers (layer None)
+    this layer's own cache.
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, kv, sin, cos, allowed, index):
+    def __call__(self, carry, layer, sin, cos, allowed, index):
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        x, kv = carry
         with jax.named_scope("attn"):
             h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="attn_norm")(x)
-            h, new_kv = Attention(cfg, name="attn")(h, sin, cos, allowed, kv, index)
+            h, kv = Attention(cfg, name="attn")(h, sin, cos, allowed, kv, layer, index)
             x = x + h
         with jax.named_scope("mlp"):
             h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="mlp_norm")(x)
             x = x + MLP(cfg, name="mlp")(h)
-        return sharding.constrain(x, ("batch", "seq", "act_embed")), new_kv
+        return (sharding.constrain(x, ("batch", "seq", "act_embed")), kv), None
 
 
 _REMAT_POLICIES = {
@@ -197,9 +252,14 @@ _REMAT_POLICIES = {
 
 
 class Qwen(nn.Module):
-    """Embedding, scanned decoder layers, final norm. Returns normed hidden states."""
+    """Embedding, decoder layers, final norm. Returns normed hidden states.
+
+    Layers are one `nn.scan` over stacked params, or with split_layers an unrolled loop
+    over per-layer params (the form `split_layers()` makes for decode loops).
+    """
 
     cfg: ModelConfig
+    split_layers: bool = False
 
     @nn.compact
     def __call__(self, tokens, positions, allowed, kv, index):
@@ -223,12 +283,26 @@ class Qwen(nn.Module):
         block = Block
         if cfg.remat != "none":
             block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        layers = nn.scan(
-            block, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg, name="layers")
-        x, new_kv = layers(x, kv, sin, cos, allowed, index)
+        if self.split_layers:
+            # One module per layer (params "layers_0", ...; see split_layers) and, with a
+            # cache, one k/v buffer per layer: no per-layer slicing of stacked arrays.
+            new_k, new_v = [], []
+            for i in range(cfg.num_hidden_layers):
+                layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+                (x, layer_kv), _ = block(cfg, name=f"layers_{i}")(
+                    (x, layer_kv), None, sin, cos, allowed, index)
+                if layer_kv is not None:
+                    new_k.append(layer_kv[0])
+                    new_v.append(layer_kv[1])
+            new_kv = None if kv is None else (tuple(new_k), tuple(new_v))
+        else:
+            layers = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, name="layers")
+            (x, new_kv), _ = layers((x, kv), jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32),
+                                    sin, cos, allowed, index)
         x = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
         return x, new_kv
 
@@ -244,7 +318,11 @@ def _restructure(variables: dict) -> Params:
 
 
 def _to_flax(params: Params) -> dict:
-    p = {k: v for k, v in params.items() if k not in ("embed", "lm_head")}
+    p = {k: v for k, v in params.items() if k not in ("embed", "lm_head", "layers")}
+    if _is_split(params):
+        p.update({f"layers_{i}": layer for i, layer in enumerate(params["layers"])})
+    else:
+        p["layers"] = params["layers"]
     p["embedding"] = params["embed"]["embedding"]
     if "lm_head" in params:
         p["lm_head"] = params["lm_head"]["kernel"]
@@ -297,8 +375,7 @@ def init_params(cfg: ModelConfig, rng: jax.Array, mesh=None, rules=None) -> Para
 
 def cache_axes() -> KVCache:
     """Logical axis names of the KVCache fields (a KVCache whose leaves are tuples)."""
-    kv = ("layers", "batch", "cache_seq", "act_kv_heads", "act_head_dim")
-    return KVCache(k=kv, v=kv, mask=("batch", "cache_seq"), index=())
+    return KVCache(k=_CACHE_AXES, v=_CACHE_AXES, mask=("batch", "cache_seq"), index=())
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None, mesh=None,
@@ -312,10 +389,10 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None, mesh=None
       dtype: k/v dtype (default cfg.dtype).
       mesh, rules: with a mesh, the cache is created in its sharding (default SAMPLE_RULES).
     Returns:
-      KVCache with k, v zeros [L, B, S, K, H], mask all False [B, S], index 0.
+      KVCache with k, v zeros [L, B, K, S, H], mask all False [B, S], index 0.
     """
     dt = _dtype(dtype or cfg.dtype)
-    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
 
     def make():
         return KVCache(k=jnp.zeros(shape, dt), v=jnp.zeros(shape, dt),
@@ -326,6 +403,42 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None, mesh=None
     rules = sharding.SAMPLE_RULES if rules is None else rules
     shardings = sharding.shardings_for(cache_axes(), mesh, rules, jax.eval_shape(make))
     return jax.jit(make, out_shardings=shardings)()
+
+
+def _is_split(params: Params) -> bool:
+    return isinstance(params["layers"], tuple)
+
+
+def split_layers(params: Params) -> Params:
+    """The same params with "layers" as a tuple of L per-layer dicts (no leading L axis).
+
+    `forward` runs such params as an unrolled loop of L layers instead of a scan. A scan
+    slices each layer's weights (and cache) out of the stacked arrays on every call, which
+    XLA:CPU does by copying them; in a decode loop that copy costs as much as the matmuls
+    themselves at small batch. Split once outside the loop, each layer's weights are
+    their own buffers. Compile time then grows with depth, so use it for decode steps.
+    """
+    if _is_split(params):
+        return params
+    n = jax.tree.leaves(params["layers"])[0].shape[0]
+    layers = tuple(jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(n))
+    return {**params, "layers": layers}
+
+
+def split_cache(cache: KVCache) -> KVCache:
+    """The same cache with k and v as tuples of L arrays [B, K, S, H], for split params."""
+    if isinstance(cache.k, tuple):
+        return cache
+    n = cache.k.shape[0]
+    return cache.replace(k=tuple(cache.k[i] for i in range(n)),
+                         v=tuple(cache.v[i] for i in range(n)))
+
+
+def stack_cache(cache: KVCache) -> KVCache:
+    """The inverse of split_cache: k and v stacked to [L, B, K, S, H]."""
+    if not isinstance(cache.k, tuple):
+        return cache
+    return cache.replace(k=jnp.stack(cache.k), v=jnp.stack(cache.v))
 
 
 def unembed_matrix(cfg: ModelConfig, params: Params) -> jax.Array:
@@ -370,11 +483,15 @@ def _run_traced(cfg, params, tokens, attention_mask, positions, cache, want_logi
         q_slot = cache.index + jnp.arange(T)  # [T]
         allowed = (jnp.arange(S)[None, :] <= q_slot[:, None])[None] & key_mask[:, None, :]
         kv, index = (cache.k, cache.v), cache.index
+        if isinstance(cache.k, tuple) != _is_split(params):
+            raise ValueError("split params need a split cache and stacked params a stacked "
+                             "one (see split_layers / split_cache)")
     if positions is None:
         # Left padding: each row counts only its real tokens, so row positions are 0, 1, 2, ...
         positions = jnp.maximum(prior[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
 
-    hidden, new_kv = Qwen(cfg).apply(_to_flax(params), tokens, positions, allowed, kv, index)
+    hidden, new_kv = Qwen(cfg, split_layers=_is_split(params)).apply(
+        _to_flax(params), tokens, positions, allowed, kv, index)
     new_cache = None
     if cache is not None:
         new_cache = KVCache(k=new_kv[0], v=new_kv[1], mask=key_mask, index=cache.index + T)
@@ -393,7 +510,8 @@ def forward(cfg: ModelConfig, params: Params, tokens, attention_mask=None, posit
 
     Args:
       cfg: the architecture (static under jit).
-      params: from init_params / load_hf.
+      params: from init_params / load_hf, or split_layers(params) (the cache, if any,
+        must then be split too: split_cache).
       tokens: int32 [B, T].
       attention_mask: [B, T], 1 = real token, 0 = padding (left padding); default all ones.
       positions: int32 [B, T]; default from the mask and cache (see docs/CONTRACTS.md).

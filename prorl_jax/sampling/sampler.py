@@ -3,8 +3,14 @@
 Shapes are bucketed so that a trainer calling every step with similar batches reuses one
 compiled program: rows (prompts x n) go up to a power of two, prompt length up to a power
 of two (at least MIN_PROMPT_BUCKET). One program exists per (row bucket, prompt bucket,
-max_new_tokens, static strategy fields, number of stop ids rounded up to 4, mesh); temperature, top_p, the
-seed and the stop ids themselves are runtime values.
+max_new_tokens, distinct prompts per chunk (from n), static strategy fields, number of stop
+ids rounded up to 4, mesh); temperature, top_p, the seed and the stop ids themselves are
+runtime values.
+
+Prefill is shared: each distinct prompt of a chunk is prefilled once and its cache
+gathered into its n sample rows. The decode loop runs the model on per-layer weights and
+per-layer cache buffers (qwen.split_layers / split_cache), which the loop updates in
+place; see docs/architecture.md for why.
 
 Randomness: row r of the output (global index, prompt-major) draws its token at step t from
 fold_in(fold_in(key(seed), r), t). Padding rows, the bucket size, chunking and the mesh
@@ -97,7 +103,7 @@ def chunk_rows(num_rows: int, slots_per_row: int, max_batch_tokens: int | None,
 class _Loop:
     """Decode-loop carry. M = max_new_tokens."""
 
-    cache: qwen.KVCache
+    cache: qwen.KVCache  # split per layer: k, v tuples of L arrays [B, K, S, H]
     step: jax.Array  # int32 []: index of the next token to write
     last: jax.Array  # int32 [B]: token written at step - 1
     tokens: jax.Array  # int32 [B, M]
@@ -110,38 +116,36 @@ class _Loop:
 _traces = 0  # how many times the compiled program was traced (read by tests)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "mesh"),
-                   donate_argnames=("cache",))
-def _sample_chunk(cfg: ModelConfig, params, cache: qwen.KVCache, prompt: jax.Array,
-                  prompt_mask: jax.Array, row_ids: jax.Array, active: jax.Array,
-                  seed: jax.Array, strategy: Strategy, stop_ids: jax.Array,
-                  max_new_tokens: int, mesh=None):
-    """Prefill then decode one chunk of rows.
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "mesh"))
+def _sample_chunk(cfg: ModelConfig, params, prompt: jax.Array, prompt_mask: jax.Array,
+                  src: jax.Array, row_ids: jax.Array, active: jax.Array, seed: jax.Array,
+                  strategy: Strategy, stop_ids: jax.Array, max_new_tokens: int, mesh=None):
+    """Prefill the chunk's distinct prompts, then decode all its rows.
 
     Args:
-      prompt: int32 [B, T] left-padded prompt tokens; prompt_mask int32 [B, T].
+      prompt: int32 [U, T] left-padded prompt tokens (each distinct prompt of the chunk
+        once); prompt_mask int32 [U, T].
+      src: int32 [B] the prompt (row of `prompt`) of each output row.
       row_ids: int32 [B] global row index (the random stream of the row).
       active: bool [B]; False for bucket-padding rows, which start done.
       seed: uint32 [].
       stop_ids: int32 [num_stop].
     Returns:
-      (tokens int32 [B, M], logprobs float32 [B, M], lengths int32 [B], finished bool [B]),
-      and the final cache: returning the donated cache lets the decode loop update it in
-      place instead of first copying it into a fresh buffer.
+      tokens int32 [B, M], logprobs float32 [B, M], lengths int32 [B], finished bool [B].
     """
     global _traces
     _traces += 1
     if mesh is not None:
         with shd.use_rules(mesh, shd.SAMPLE_RULES):
-            return _sample_body(cfg, params, cache, prompt, prompt_mask, row_ids, active,
-                                seed, strategy, stop_ids, max_new_tokens)
-    return _sample_body(cfg, params, cache, prompt, prompt_mask, row_ids, active, seed,
-                        strategy, stop_ids, max_new_tokens)
+            return _sample_body(cfg, params, prompt, prompt_mask, src, row_ids, active, seed,
+                                strategy, stop_ids, max_new_tokens)
+    return _sample_body(cfg, params, prompt, prompt_mask, src, row_ids, active, seed, strategy,
+                        stop_ids, max_new_tokens)
 
 
-def _sample_body(cfg, params, cache, prompt, prompt_mask, row_ids, active, seed, strategy,
+def _sample_body(cfg, params, prompt, prompt_mask, src, row_ids, active, seed, strategy,
                  stop_ids, max_new_tokens):
-    batch = prompt.shape[0]
+    batch = src.shape[0]
     row_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), row_ids)  # [B]
     temperature = strategy.logprob_temperature
 
@@ -169,9 +173,12 @@ def _sample_body(cfg, params, cache, prompt, prompt_mask, row_ids, active, seed,
         )
 
     with jax.named_scope("prefill"):
+        # The n samples of a prompt share its prefill: U distinct prompts, not B rows.
+        cache = qwen.init_cache(cfg, prompt.shape[0], prompt.shape[1])  # exactly T slots
         hidden, cache = qwen.forward_hidden(cfg, params, prompt, attention_mask=prompt_mask,
-                                            cache=cache)  # [B, T, D]
-        logits = _unembed(cfg, params, hidden[:, -1])  # [B, V]
+                                            cache=cache)  # [U, T, D]
+        logits = _unembed(cfg, params, hidden[:, -1])[src]  # [B, V]
+        cache = _rows_cache(cache, src, max_new_tokens)
 
     start = _Loop(
         cache=cache,
@@ -184,17 +191,40 @@ def _sample_body(cfg, params, cache, prompt, prompt_mask, row_ids, active, seed,
         lengths=jnp.zeros((batch,), jnp.int32),
     )
     state = record(start, logits, cache)
+    # Per-layer weight buffers, made once here: a layer scan inside the loop would copy
+    # every layer's weights out of the stacked arrays on every step (qwen.split_layers).
+    layer_params = qwen.split_layers(params)
 
     def cond(state: _Loop):
         return (state.step < max_new_tokens) & ~jnp.all(state.done)
 
     def body(state: _Loop) -> _Loop:
         with jax.named_scope("decode_step"):
-            logits, cache = qwen.forward(cfg, params, state.last[:, None], cache=state.cache)
+            logits, cache = qwen.forward(cfg, layer_params, state.last[:, None],
+                                         cache=state.cache)
             return record(state, logits[:, 0], cache)
 
     state = jax.lax.while_loop(cond, body, state)
-    return (state.tokens, state.logprobs, state.lengths, state.finished), state.cache
+    return state.tokens, state.logprobs, state.lengths, state.finished
+
+
+def _rows_cache(cache: qwen.KVCache, src: jax.Array, max_new_tokens: int) -> qwen.KVCache:
+    """The prompts' cache [L, U, K, T, H] -> one row per sample, split per layer.
+
+    Row b takes prompt src[b]'s keys and values, and max_new_tokens empty slots follow
+    the T prompt slots. Each layer gets its own [B, K, T + M, H] buffer (qwen.split_cache)
+    which the decode loop then updates in place.
+    """
+    axes = qwen.cache_axes()
+
+    def rows(x, pad):  # [U, ...] -> [B, ...] with `pad` slots appended on the slot axis
+        return jnp.pad(jnp.take(x, src, axis=0), pad)
+
+    slots = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0))
+    k = tuple(shd.constrain(rows(x, slots), axes.k[1:]) for x in cache.k)
+    v = tuple(shd.constrain(rows(x, slots), axes.v[1:]) for x in cache.v)
+    mask = shd.constrain(rows(cache.mask, ((0, 0), (0, max_new_tokens))), axes.mask)
+    return qwen.KVCache(k=k, v=v, mask=mask, index=cache.index)
 
 
 def _unembed(cfg: ModelConfig, params, hidden: jax.Array) -> jax.Array:
@@ -220,10 +250,6 @@ def _check_prompts(prompts, vocab_size: int) -> list[np.ndarray]:
             raise PromptError(f"prompt {i} has token ids outside [0, {vocab_size})")
         out.append(arr.astype(np.int32))
     return out
-
-
-# One dispatch (and one compiled program per shape) instead of eager zeros per field.
-_empty_cache = jax.jit(qwen.init_cache, static_argnames=("cfg", "batch", "max_len", "mesh"))
 
 
 def _place(mesh, x, axes):
@@ -262,7 +288,7 @@ def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: 
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     per_chunk = chunk_rows(num_rows, width + new, max_batch_tokens, shards)
 
-    # Left-padded prompt matrix for all real rows (prompt-major, each prompt repeated n times).
+    # Left-padded prompt matrix, one row per prompt (its n samples share the prefill).
     tokens = np.zeros((len(rows_prompts), width), np.int32)  # [P, T]
     mask = np.zeros((len(rows_prompts), width), np.int32)
     for i, p in enumerate(rows_prompts):
@@ -278,16 +304,27 @@ def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: 
         params = jax.device_put(params, shd.shardings_for(
             qwen.param_axes(cfg), mesh, shd.SAMPLE_RULES, shapes=params))
 
+    # Distinct prompts in one chunk of rows [start, start + per_chunk): fixed per (chunk
+    # size, n), so every chunk and every call with these buckets shares one program.
+    if per_chunk % n == 0 or n % per_chunk == 0:
+        uniq = max(1, per_chunk // n)
+    else:
+        uniq = min(per_chunk, -(-per_chunk // n) + 1)
+    # At least two: XLA:CPU folds away the size-1 dims of a one-row prefill, which rounds
+    # differently from larger batches; with two rows chunked output stays bit-identical.
+    uniq = max(uniq, min(2, per_chunk))
     results = []
     for start in range(0, num_rows, per_chunk):
         ids = np.arange(start, start + per_chunk)  # [C] global row ids, maybe past the end
         real = ids < num_rows
-        src = np.minimum(ids, num_rows - 1) // n  # padding rows copy the last prompt
-        cache = _empty_cache(cfg, per_chunk, width + new, mesh=mesh)
-        out, _ = _sample_chunk(
-            cfg, params, cache,
-            _place(mesh, tokens[src], ("batch", "seq")),
-            _place(mesh, mask[src], ("batch", "seq")),
+        row_prompt = np.minimum(ids, num_rows - 1) // n  # padding rows copy the last prompt
+        first = row_prompt[0]
+        chunk_prompts = np.minimum(np.arange(first, first + uniq), len(rows_prompts) - 1)
+        out = _sample_chunk(
+            cfg, params,
+            _place(mesh, tokens[chunk_prompts], ("batch", "seq")),
+            _place(mesh, mask[chunk_prompts], ("batch", "seq")),
+            _place(mesh, (row_prompt - first).astype(np.int32), ("batch",)),
             _place(mesh, ids.astype(np.int32), ("batch",)),
             _place(mesh, real, ("batch",)),
             seed_arr, strategy, stop_ids, max_new_tokens=new, mesh=mesh)

@@ -78,7 +78,14 @@ class Greedy:
     def __call__(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
         """logits float32 [B, V], keys [B] (unused) -> tokens int32 [B]."""
         del keys
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        # max, then the first index holding it: two plain reductions that XLA:CPU
+        # vectorises, where argmax's (value, index) pair reduction runs 4-5x slower (a
+        # measurable share of a decode step at a 16k vocabulary).
+        vocab = logits.shape[-1]
+        top = jnp.max(logits, axis=-1, keepdims=True)  # [B, 1]
+        first = jnp.min(jnp.where(logits == top, jnp.arange(vocab, dtype=jnp.int32), vocab),
+                        axis=-1)
+        return jnp.minimum(first, vocab - 1)  # a NaN row has no match: clamp into range
 
     @property
     def logprob_temperature(self):
