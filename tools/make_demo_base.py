@@ -37,7 +37,7 @@ WARMUP_STEPS = 30
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    p.add_argument("--seed", type=int, default=0, help="init and batch-order seed")
+    p.add_argument("--seed", type=int, default=0, help="init, batch-order and target-format seed")
     p.add_argument("--steps", type=int, default=1000, help="SFT optimizer steps")
     p.add_argument("--batch", type=int, default=64, help="SFT examples per step")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (after warmup)")
@@ -215,7 +215,7 @@ def main(argv=None) -> None:
     held_out = {r.prompt for r in eval_records()}
     pool = demo_task.records(SFT_POOL, demo_task.SFT_SEED)
     arrays = sft_arrays(tokenizer, pool, held_out, args.bare_fraction, args.seed)
-    print(f"SFT: {len(arrays[0])} examples ({len(pool) - len(arrays[0])} held-out questions "
+    print(f"SFT: {len(arrays[0])} examples ({len(pool) - len(arrays[0])} entries with a held-out question "
           f"removed), {args.steps} steps x {args.batch}", flush=True)
     params = qwen.init_params(cfg, jax.random.key(args.seed))
     t0 = time.time()
