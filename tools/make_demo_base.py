@@ -215,8 +215,9 @@ def main(argv=None) -> None:
     held_out = {r.prompt for r in eval_records()}
     pool = demo_task.records(SFT_POOL, demo_task.SFT_SEED)
     arrays = sft_arrays(tokenizer, pool, held_out, args.bare_fraction, args.seed)
-    print(f"SFT: {len(arrays[0])} examples ({len(pool) - len(arrays[0])} entries with a held-out question "
-          f"removed), {args.steps} steps x {args.batch}", flush=True)
+    removed = len(pool) - len(arrays[0])
+    print(f"SFT: {len(arrays[0])} examples ({removed} entries with a held-out question removed), "
+          f"{args.steps} steps x {args.batch}", flush=True)
     params = qwen.init_params(cfg, jax.random.key(args.seed))
     t0 = time.time()
     params = train(cfg, params, arrays, steps=args.steps, batch=args.batch, lr=args.lr,
