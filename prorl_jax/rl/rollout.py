@@ -191,13 +191,16 @@ class RolloutWorker:
 
     def _metrics(self, g: Groups, kept_groups: int, gen_batches: int) -> dict[str, Any]:
         n = self.cfg.sampling.n
+        # Share of generated groups whose rewards were all equal (what the filter drops),
+        # whether or not the step needed them: kept groups are also capped at the target.
+        informative = np.asarray(losses.group_keep_mask(g.rewards, n))
         m: dict[str, Any] = {
             "reward/mean": float(g.rewards.mean()),
             "score/mean": float(g.scores.mean()),
             "response_length/mean": float(g.lengths.mean()),
             "response_length/max": int(g.lengths.max()),
             "response/finished_fraction": float(g.finished.mean()),
-            "filtered_fraction": 1.0 - kept_groups / g.num_groups,
+            "filtered_fraction": float(1.0 - informative.mean()),
             "gen_batches": gen_batches,
             "groups/generated": g.num_groups,
             "groups/kept": kept_groups,

@@ -8,11 +8,13 @@ Run-directory layout:
     checkpoints/<s>/   the last `checkpoint.keep_last` train states (Orbax)
     pre_reset/<s>/     the policy/reference/optimizer just before each reference reset
     hf/                the final policy in Hugging Face format
+    summary.json       validation before / after, resets, steps (written at the end)
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pathlib
@@ -368,6 +370,7 @@ class Trainer:
             summary["hf_dir"] = str(self.run_dir / "hf")
         summary["steps"] = int(self.state.step)
         summary["resets"] = list(self.counters["resets"])
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.close()
         return summary
 

@@ -69,7 +69,7 @@ def test_dynamic_sampling_drops_constant_groups_and_refills(setup):
     assert m["gen_batches"] == 2 and pool.calls == 2  # refilled once
     assert kept.num_groups == cfg.rl.prompts_per_step
     assert not {r.ground_truth["entry"]["question"] for r in kept.records} & constant
-    assert m["filtered_fraction"] == pytest.approx(0.5)  # 2 of 4 generated groups dropped
+    assert m["filtered_fraction"] == pytest.approx(0.5)  # 2 of 4 generated groups constant
     # Every kept group has reward variance: the advantages are not all zero.
     adv = np.asarray(losses.grpo_advantages(kept.rewards, cfg.sampling.n))
     assert np.all(np.abs(adv) > 0.5)
