@@ -287,9 +287,6 @@ class LoggingConfig:
     wandb_project: str = "prorl-jax"
     progress: bool = True  # console progress bar
 
-    def __post_init__(self):
-        pass
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:

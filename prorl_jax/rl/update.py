@@ -9,10 +9,10 @@ chunks so the [B, R, V] float32 logits never exist at once.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from prorl_jax import losses
@@ -67,8 +67,6 @@ def micro_weights(response_mask, micro_batches: int, agg: str):
     Returns:
       float32 [M], summing to 1 (0 for micro-batches with nothing valid).
     """
-    import numpy as np
-
     m = np.asarray(response_mask, bool).reshape(micro_batches, -1, response_mask.shape[-1])
     if agg in SEQ_MEAN_MODES:
         counts = m.any(-1).sum(-1).astype(np.float64)
@@ -133,7 +131,3 @@ def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTra
         return keep(new_params, params), keep(new_opt_state, opt_state), metrics
 
     return jax.jit(step, donate_argnums=(0, 1))
-
-
-def tree_bytes(tree: Any) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
