@@ -24,10 +24,11 @@ parameter Qwen2 (hidden 128, 4 layers, vocab 100, tied embeddings), 16 prompts o
 tokens, 8 samples each at temperature 1, 8 and 16 new tokens; transformers runs the same
 with do_sample=True and num_return_sequences=8 (its samples differ: other random streams).
 
-Threads: by default both sides run single-threaded. On a small machine shared with other
-jobs, multi-threaded runtimes spin-wait on descheduled threads (torch with 2 threads on a
-loaded 2-core box measured 4x slower per step than with 1), which would measure the load,
-not the samplers. `--threads N` uses N on both sides on a quiet machine.
+Threads: `--threads N` (default: every core this process may use) pins the process to N
+cores and gives torch N threads (tools/cpu_threads.py), so both sides get the same cores.
+On a machine shared with other jobs use `--threads 1`: multi-threaded runtimes spin-wait
+on descheduled threads (torch with 2 threads on a loaded 2-core box measured 4x slower per
+step than with 1), which would measure the load, not the samplers.
 """
 
 from __future__ import annotations
@@ -42,21 +43,11 @@ import time
 
 import numpy as np
 
+# Both sides get the same cores; fixed before jax / torch start their pools.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_threads  # noqa: E402
 
-def _threads_from_argv(argv) -> int:
-    for i, a in enumerate(argv):
-        if a == "--threads":
-            return int(argv[i + 1])
-        if a.startswith("--threads="):
-            return int(a.split("=", 1)[1])
-    return 1
-
-
-# Thread counts must be fixed before jax / torch start their pools.
-_THREADS = _threads_from_argv(sys.argv[1:])
-if _THREADS == 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_multi_thread_eigen=false").strip()
+_THREADS = cpu_threads.pin(sys.argv[1:], None)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -218,9 +209,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shape", choices=("small", "r1-1.5b"), default="small")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads for both (1: XLA without its Eigen pool, torch 1 thread; "
-                         "N > 1: XLA's default pool, torch N threads)")
+    ap.add_argument("--threads", type=int, default=_THREADS,
+                    help="cores for both sides (default: all; see tools/cpu_threads.py)")
     ap.add_argument("--rollout", action="store_true",
                     help="time the demo trainer's rollout shape instead (see above)")
     args = ap.parse_args(argv)

@@ -32,8 +32,8 @@ same thread setting; MFU = model FLOPs / step time / peak.
     python tools/bench_train.py                    # the table in docs/performance.md
     python tools/bench_train.py --shapes 1x2x16x48 --steps 2    # smoke run
 
-Threads: `--threads N` (default: all cores) sets torch.set_num_threads(N) and, for N = 1,
-turns XLA's Eigen pool off; XLA otherwise uses one thread per core.
+Threads: `--threads N` (default: all cores) pins the process to N cores and sets
+torch.set_num_threads(N), so both sides get the same cores (tools/cpu_threads.py).
 """
 
 from __future__ import annotations
@@ -48,21 +48,11 @@ import time
 
 import numpy as np
 
+# Both sides get the same cores; fixed before jax / torch start their pools.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_threads  # noqa: E402
 
-def _threads_from_argv(argv) -> int:
-    for i, a in enumerate(argv):
-        if a == "--threads":
-            return int(argv[i + 1])
-        if a.startswith("--threads="):
-            return int(a.split("=", 1)[1])
-    return os.cpu_count() or 1
-
-
-# Thread counts must be fixed before jax / torch start their pools.
-_THREADS = _threads_from_argv(sys.argv[1:])
-if _THREADS == 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_multi_thread_eigen=false").strip()
+_THREADS = cpu_threads.pin(sys.argv[1:], None)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -265,8 +255,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side and shape")
     ap.add_argument("--temperature", type=float, default=1.2)
     ap.add_argument("--peak-n", type=int, default=2048, help="matrix size of the peak matmul")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                    help="CPU threads for both sides (1 also turns XLA's Eigen pool off)")
+    ap.add_argument("--threads", type=int, default=_THREADS,
+                    help="cores for both sides (default: all; see tools/cpu_threads.py)")
     args = ap.parse_args(argv)
 
     config = Qwen2Config(**SMALL)

@@ -42,6 +42,38 @@ def test_prefill_then_decode_equals_full_forward(model):
     assert cache.mask[:, :9].all() and not cache.mask[:, 9:].any()
 
 
+def test_decode_layout_decodes_like_the_stacked_params(model):
+    """The sampler's decode layout (per-layer, output-major kernels) is the same function."""
+    cfg, params = model
+    tokens = jax.random.randint(jax.random.key(3), (3, 9), 0, cfg.vocab_size)
+    mask = jnp.ones((3, 9), jnp.int32).at[1, :2].set(0)  # one left-padded row
+    cache = qwen.init_cache(cfg, 3, 12)
+    _, cache = qwen.forward(cfg, params, tokens[:, :5], mask[:, :5], cache=cache)
+    fast = qwen.decode_layout(cfg, params)
+    fast_cache = qwen.split_cache(cache)
+    for t in range(5, 9):
+        want, cache = qwen.forward(cfg, params, tokens[:, t:t + 1], cache=cache)
+        got, fast_cache = qwen.forward(cfg, fast, tokens[:, t:t + 1], cache=fast_cache)
+        np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(qwen.stack_cache(fast_cache).k, cache.k, atol=1e-6, rtol=0)
+    # Output-major means [out..., in...]: o's kernel [N, H, D] becomes [D, N, H].
+    layer = fast["layers"][0]
+    assert "kernel" not in layer["attn"]["o"]
+    np.testing.assert_array_equal(layer["attn"]["o"]["kernel_out_major"],
+                                  params["layers"]["attn"]["o"]["kernel"][0].transpose(2, 0, 1))
+    np.testing.assert_array_equal(qwen.unembed_matrix(cfg, fast), qwen.unembed_matrix(cfg, params))
+
+
+def test_out_major_dot_is_the_einsum():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5))  # [B, T, N, H]
+    w = jax.random.normal(jax.random.key(1), (4, 5, 6))  # [N, H, D]
+    want = jnp.einsum("BTNH,NHD->BTD", x, w)
+    got = qwen.out_major_dot(x, w.transpose(2, 0, 1), in_ndim=2)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    feature_major = qwen.out_major_dot(x, w.transpose(2, 0, 1), in_ndim=2, transpose_out=False)
+    np.testing.assert_allclose(feature_major, want.reshape(6, 6).T, atol=1e-5, rtol=0)
+
+
 def test_left_padded_prefill_and_decode_match_unpadded_rows(model):
     cfg, params = model
     rows = [[5, 7, 9, 11, 13], [3, 4], [8, 1, 2, 6]]

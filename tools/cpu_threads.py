@@ -1,0 +1,36 @@
+"""Give a benchmark's two sides the same CPU cores, before jax and torch start their pools.
+
+`pin(argv, default)` reads `--threads N` from argv (default: `default`, None = every core
+this process may use), restricts the process to its first N allowed cores with
+sched_setaffinity and returns N; the caller then sets torch.set_num_threads(N). XLA:CPU
+sizes its thread pools from the affinity mask, so both runtimes end up with the same N
+cores. (The XLA flag --xla_cpu_multi_thread_eigen=false alone is not enough: with jax
+0.10 the dot kernels still run on a multi-threaded pool.) Must run before `import jax`.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def threads_from_argv(argv, default: int | None = None) -> int:
+    for i, a in enumerate(argv):
+        if a == "--threads":
+            return int(argv[i + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return default or allowed or 1
+
+
+def pin(argv, default: int | None = None) -> int:
+    threads = threads_from_argv(argv, default)
+    if hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        if threads > len(cores):
+            raise SystemExit(f"--threads {threads}: only {len(cores)} cores are available")
+        os.sched_setaffinity(0, cores[:threads])
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false").strip()
+    return threads
