@@ -165,5 +165,8 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature) -> jax.Arr
     Returns:
       float32 [...].
     """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+    # The trainer's formula (rl.logprobs): picked logit minus logsumexp, which also skips
+    # writing a [..., V] log-softmax only to read one entry of it.
+    scaled = logits.astype(jnp.float32) / temperature
+    picked = jnp.take_along_axis(scaled, tokens[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(scaled, axis=-1)
