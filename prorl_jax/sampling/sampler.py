@@ -8,9 +8,9 @@ ids rounded up to 4, mesh); temperature, top_p, the seed and the stop ids themse
 runtime values.
 
 Prefill is shared: each distinct prompt of a chunk is prefilled once and its cache
-gathered into its n sample rows. The decode loop runs the model on per-layer weights and
-per-layer cache buffers (qwen.split_layers / split_cache), which the loop updates in
-place; see docs/architecture.md for why.
+gathered into its n sample rows. The decode loop runs the model on per-layer, output-major
+weights (qwen.decode_layout) and per-layer cache buffers (qwen.split_cache), which the
+loop updates in place; see docs/architecture.md for why.
 
 Randomness: row r of the output (global index, prompt-major) draws its token at step t from
 fold_in(fold_in(key(seed), r), t). Padding rows, the bucket size, chunking and the mesh
