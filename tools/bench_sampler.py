@@ -25,7 +25,7 @@ tokens, 8 samples each at temperature 1, 8 and 16 new tokens; transformers runs 
 with do_sample=True and num_return_sequences=8 (its samples differ: other random streams).
 
 Threads: `--threads N` (default: every core this process may use) pins the process to N
-cores and gives torch N threads (tools/cpu_threads.py), so both sides get the same cores.
+cores and gives torch N threads (tools/bench_common.py), so both sides get the same cores.
 On a machine shared with other jobs use `--threads 1`: multi-threaded runtimes spin-wait
 on descheduled threads (torch with 2 threads on a loaded 2-core box measured 4x slower per
 step than with 1), which would measure the load, not the samplers.
@@ -45,9 +45,9 @@ import numpy as np
 
 # Both sides get the same cores; fixed before jax / torch start their pools.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cpu_threads  # noqa: E402
+import bench_common  # noqa: E402
 
-_THREADS = cpu_threads.pin(sys.argv[1:], None)
+_THREADS = bench_common.pin(sys.argv[1:], None)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -56,12 +56,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 import prorl_jax as pj  # noqa: E402
 
-torch.set_num_threads(_THREADS)
-
-# ~41M params, R1-Distill-Qwen layout (untied lm head, q/k/v bias, GQA 4:1).
-SMALL = dict(vocab_size=16384, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
-             tie_word_embeddings=False)
+SMALL = bench_common.SMALL
 # DeepSeek-R1-Distill-Qwen-1.5B shape (for accelerators).
 R1_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
@@ -210,7 +205,7 @@ def main(argv=None) -> None:
     ap.add_argument("--shape", choices=("small", "r1-1.5b"), default="small")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--threads", type=int, default=_THREADS,
-                    help="cores for both sides (default: all; see tools/cpu_threads.py)")
+                    help="cores for both sides (default: all; see tools/bench_common.py)")
     ap.add_argument("--rollout", action="store_true",
                     help="time the demo trainer's rollout shape instead (see above)")
     args = ap.parse_args(argv)

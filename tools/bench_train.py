@@ -33,7 +33,7 @@ same thread setting; MFU = model FLOPs / step time / peak.
     python tools/bench_train.py --shapes 1x2x16x48 --steps 2    # smoke run
 
 Threads: `--threads N` (default: all cores) pins the process to N cores and sets
-torch.set_num_threads(N), so both sides get the same cores (tools/cpu_threads.py).
+torch.set_num_threads(N), so both sides get the same cores (tools/bench_common.py).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ import numpy as np
 
 # Both sides get the same cores; fixed before jax / torch start their pools.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cpu_threads  # noqa: E402
+import bench_common  # noqa: E402
 
-_THREADS = cpu_threads.pin(sys.argv[1:], None)
+_THREADS = bench_common.pin(sys.argv[1:], None)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -64,12 +64,7 @@ from prorl_jax.config import OptimConfig, RLConfig  # noqa: E402
 from prorl_jax.rl.state import make_optimizer  # noqa: E402
 from prorl_jax.rl.update import batch_logprobs, make_train_step, micro_weights  # noqa: E402
 
-torch.set_num_threads(_THREADS)
-
-# ~41M params, R1-Distill-Qwen layout (untied lm head, q/k/v bias, GQA 4:1).
-SMALL = dict(vocab_size=16384, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
-             tie_word_embeddings=False)
+SMALL = bench_common.SMALL
 
 RL = RLConfig(clip_low=0.2, clip_high=0.4, clip_c=3.0, kl_coef=1e-4, kl_kind="low_var_kl",
               entropy_coef=0.0, loss_agg="token-mean")
@@ -256,7 +251,7 @@ def main(argv=None) -> None:
     ap.add_argument("--temperature", type=float, default=1.2)
     ap.add_argument("--peak-n", type=int, default=2048, help="matrix size of the peak matmul")
     ap.add_argument("--threads", type=int, default=_THREADS,
-                    help="cores for both sides (default: all; see tools/cpu_threads.py)")
+                    help="cores for both sides (default: all; see tools/bench_common.py)")
     args = ap.parse_args(argv)
 
     config = Qwen2Config(**SMALL)

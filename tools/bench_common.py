@@ -1,10 +1,10 @@
-"""Give a benchmark's two sides the same CPU cores, before jax and torch start their pools.
+"""What the side-by-side benchmarks (bench_sampler, bench_train) share.
 
-`pin(argv, default)` reads `--threads N` from argv (default: `default`, None = every core
-this process may use), restricts the process to its first N allowed cores with
-sched_setaffinity and returns N; the caller then sets torch.set_num_threads(N). XLA:CPU
-sizes its thread pools from the affinity mask, so both runtimes end up with the same N
-cores. (The XLA flag --xla_cpu_multi_thread_eigen=false alone is not enough: with jax
+`pin(argv, default)` gives both sides the same CPU cores, before jax starts its pools: it
+reads `--threads N` from argv (default: `default`, None = every core this process may use),
+restricts the process to its first N allowed cores with sched_setaffinity, gives torch N
+threads and returns N. XLA:CPU sizes its thread pools from the affinity mask, so both
+runtimes end up with the same N cores. (The XLA flag --xla_cpu_multi_thread_eigen=false alone is not enough: with jax
 0.10 the dot kernels still run on a multi-threaded pool.) Must run before `import jax`.
 """
 
@@ -33,4 +33,14 @@ def pin(argv, default: int | None = None) -> int:
     if threads == 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_multi_thread_eigen=false").strip()
+    import torch  # after the affinity is set
+
+    torch.set_num_threads(threads)
     return threads
+
+
+# ~41M params, R1-Distill-Qwen layout (untied lm head, q/k/v bias, GQA 4:1): the shape both
+# benchmarks compare on.
+SMALL = dict(vocab_size=16384, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
+             tie_word_embeddings=False)
