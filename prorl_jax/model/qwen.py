@@ -541,21 +541,43 @@ def _rules_key():
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "rules_key", "want_logits"))
-def _run(cfg, params, tokens, attention_mask, positions, cache, *, rules_key, want_logits):
+def _run(cfg, params, tokens, attention_mask, positions, cache, segment_ids, *, rules_key,
+         want_logits):
+    args = (cfg, params, tokens, attention_mask, positions, cache, segment_ids, want_logits)
     if rules_key is None:
-        return _run_traced(cfg, params, tokens, attention_mask, positions, cache, want_logits)
+        return _run_traced(*args)
     mesh, rules = rules_key
     with sharding.use_rules(mesh, dict(rules)):
-        return _run_traced(cfg, params, tokens, attention_mask, positions, cache, want_logits)
+        return _run_traced(*args)
 
 
-def _run_traced(cfg, params, tokens, attention_mask, positions, cache, want_logits):
+def segment_positions(segment_ids):
+    """int32 [B, T] segment ids of packed rows -> positions [B, T] that restart at 0 where
+    a new segment begins (segments are contiguous runs of one id)."""
+    T = segment_ids.shape[1]
+    idx = jnp.arange(T, dtype=jnp.int32)[None]  # [1, T]
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+    first = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)  # start of each token's segment
+    return idx - first
+
+
+def _run_traced(cfg, params, tokens, attention_mask, positions, cache, segment_ids, want_logits):
     B, T = tokens.shape
     mask = jnp.ones((B, T), bool) if attention_mask is None else attention_mask.astype(bool)
+    if segment_ids is not None:
+        if cache is not None:
+            raise ValueError("segment_ids (packed rows) are for cache-free forwards only")
+        segment_ids = segment_ids.astype(jnp.int32)
+        mask = mask & (segment_ids != 0)  # segment 0 is padding
+        if positions is None:
+            positions = segment_positions(segment_ids)
     if cache is None:
         prior = jnp.zeros((B,), jnp.int32)
         key_mask = mask  # [B, S=T]
         allowed = jnp.tril(jnp.ones((T, T), bool))[None] & key_mask[:, None, :]  # [B, T, S]
+        if segment_ids is not None:
+            allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
         kv, index = None, 0
     else:
         S = cache.mask.shape[1]
@@ -597,7 +619,7 @@ def _logits(cfg, params, hidden):
 
 
 def forward(cfg: ModelConfig, params: Params, tokens, attention_mask=None, positions=None,
-            cache: KVCache | None = None):
+            cache: KVCache | None = None, segment_ids=None):
     """Logits of a batch of token sequences.
 
     Args:
@@ -608,21 +630,24 @@ def forward(cfg: ModelConfig, params: Params, tokens, attention_mask=None, posit
       attention_mask: [B, T], 1 = real token, 0 = padding (left padding); default all ones.
       positions: int32 [B, T]; default from the mask and cache (see docs/CONTRACTS.md).
       cache: a KVCache; the T new keys/values go to slots [index, index + T).
+      segment_ids: int32 [B, T] for packed rows (no cache): a token attends only to
+        earlier tokens of its own segment; id 0 marks padding. Positions then default to
+        restarting at 0 in each segment (segment_positions).
     Returns:
       float32 logits [B, T, V]; with a cache, (logits, new_cache).
     Under `sharding.use_rules(mesh, rules)` activations are sharding-constrained.
     """
-    logits, new_cache = _run(cfg, params, tokens, attention_mask, positions, cache,
+    logits, new_cache = _run(cfg, params, tokens, attention_mask, positions, cache, segment_ids,
                              rules_key=_rules_key(), want_logits=True)
     return logits if cache is None else (logits, new_cache)
 
 
 def forward_hidden(cfg: ModelConfig, params: Params, tokens, attention_mask=None, positions=None,
-                   cache: KVCache | None = None):
+                   cache: KVCache | None = None, segment_ids=None):
     """Final-normed hidden states [B, T, D] in cfg.dtype (and the new cache when given).
 
     Same arguments as `forward`; pair with `unembed_matrix` to compute logits in chunks.
     """
-    hidden, new_cache = _run(cfg, params, tokens, attention_mask, positions, cache,
+    hidden, new_cache = _run(cfg, params, tokens, attention_mask, positions, cache, segment_ids,
                              rules_key=_rules_key(), want_logits=False)
     return hidden if cache is None else (hidden, new_cache)
