@@ -317,8 +317,11 @@ if prot.namespaces:
     v = code_reward.score("```python\n" + sys.argv[2] + "\n```", {"inputs": [""], "outputs": ["pwned"]},
                           timeout_s=2.0)
     out["attack"] = [v.reward, v.reason]
-    r = sandbox.run_program("import os\nprint(os.listdir('/tmp'), os.path.exists('/run'), "
-                            "os.path.exists(%r))" % sys.argv[3], [""], timeout_s=2.0)
+    # Same uid as the harness here: its memory must still be out of reach (non-dumpable).
+    r = sandbox.run_program("import os\ntry:\n    open('/proc/1/mem', 'rb').read(1)\n"
+                            "    mem = True\nexcept OSError:\n    mem = False\n"
+                            "print(os.listdir('/tmp'), os.path.exists('/run'), "
+                            "os.path.exists(%r), mem)" % sys.argv[3], [""], timeout_s=2.0)
     out["paths"] = r.tests[0]["stdout"] if r.tests else r.reason
     ok = code_reward.score("```python\nprint(input())\n```", {"inputs": ["hi"], "outputs": ["hi"]})
     out["honest"] = ok.reward
@@ -349,5 +352,5 @@ def test_unprivileged_user(host_sockets, tmp_path):
     assert out["prot"]["minimal_root"] and out["prot"]["seccomp"], out
     assert out["attack"][0] == 0.0, out
     assert host_sockets.hits == []
-    assert out["paths"].strip() == "[] False False", out
+    assert out["paths"].strip() == "[] False False False", out
     assert out["honest"] == 1.0, out
