@@ -1,20 +1,27 @@
 """Reward throughput benchmark: items/s per domain through a warm RewardPool.
 
     python tools/bench_rewards.py --num-workers 2 --items 200
+    python tools/bench_rewards.py --domains code --compare-layers 4   # sandbox layers A/B
 
 Items are synthetic but realistic in size (a reasoning preamble before the answer), half
 right and half wrong; code items carry 5 stdin/stdout tests each. Worker start-up (once per
 training run) is reported separately from steady-state throughput.
+
+--compare-layers R scores the code items R times each way in alternating rounds through the
+same warm pool: with every sandbox layer this host supports, and without the minimal root
+and the seccomp filter (the sandbox as it was before issue 17), and reports the ratio.
 """
 
 import argparse
+import dataclasses
 import json
+import os
 import random
 import time
 
 import reasoning_gym
 
-from prorl_jax.rewards import DOMAINS, RewardPool, protections
+from prorl_jax.rewards import DOMAINS, RewardPool, code_reward, protections
 
 PREAMBLE = "<think>" + "Let me reason about this carefully. " * 40 + "</think>\n"
 GYM_TASKS = ["basic_arithmetic", "letter_counting", "knights_knaves", "family_relationships"]
@@ -61,6 +68,28 @@ def ifeval_items(n, rng):
             for i in range(n)]
 
 
+def code_prior_layers(completion, ground_truth):
+    """The code reward with the sandbox's pre-issue-17 layers (no minimal root, no seccomp);
+    the pool's workers import it as `bench_rewards:code_prior_layers`."""
+    old = dataclasses.replace(protections(), minimal_root=False, seccomp=False)
+    return code_reward.score(completion, ground_truth, layers=old)
+
+
+def compare_layers(pool, items, rounds):
+    """Alternate rounds of the same items with all layers and with the prior ones."""
+    seconds = {"code": 0.0, "code_prior": 0.0}
+    for _ in range(rounds):
+        for domain in seconds:
+            t = time.perf_counter()
+            scores = pool.score([(domain, c, gt) for _, c, gt in items])
+            seconds[domain] += time.perf_counter() - t
+            assert sum(scores) == len(items) // 2 + len(items) % 2, (domain, scores)
+    n = rounds * len(items)
+    rate = {d: n / s for d, s in seconds.items()}
+    return {"items": n, "items_per_s": rate["code"], "prior_items_per_s": rate["code_prior"],
+            "ratio": rate["code"] / rate["code_prior"]}
+
+
 BUILDERS = {"math": math_items, "code": code_items, "stem": stem_items,
             "reasoning_gym": gym_items, "ifeval": ifeval_items}
 
@@ -70,14 +99,22 @@ def main():
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--items", type=int, default=200, help="items per domain")
     parser.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=DOMAINS)
+    parser.add_argument("--compare-layers", type=int, default=0, metavar="ROUNDS",
+                        help="also time code items with and without the issue-17 sandbox "
+                             "layers, ROUNDS alternating rounds each")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     rng = random.Random(0)
     print(f"sandbox protections: {protections()}")
     results = {}
     start = time.perf_counter()
-    with RewardPool(args.num_workers, timeout_s=30, preload=args.domains) as pool:
-        pool.score([(d, "", BUILDERS[d](1, rng)[0][2]) for d in args.domains])  # wait for workers
+    extra = {"code_prior": "bench_rewards:code_prior_layers"} if args.compare_layers else None
+    with RewardPool(args.num_workers, timeout_s=30, preload=args.domains,
+                    extra_domains=extra) as pool:
+        warm = [(d, "", BUILDERS[d](1, rng)[0][2]) for d in args.domains]
+        if extra:
+            warm += [("code_prior", *code_items(1, rng)[0][1:])] * args.num_workers
+        pool.score(warm)  # wait for workers (and import the A/B verifier in each)
         results["startup_s"] = time.perf_counter() - start
         for domain in args.domains:
             items = BUILDERS[domain](args.items, rng)
@@ -86,12 +123,21 @@ def main():
             dt = time.perf_counter() - t
             results[domain] = {"items": len(items), "seconds": dt, "items_per_s": len(items) / dt,
                                "mean_reward": sum(scores) / len(scores), "errors": pool.errors}
+        if args.compare_layers:
+            results["code_layers"] = compare_layers(pool, code_items(args.items, rng),
+                                                    args.compare_layers)
     print(f"workers: {args.num_workers}, start-up incl. preload: {results['startup_s']:.1f} s")
     print(f"{'domain':<15}{'items':>7}{'seconds':>9}{'items/s':>10}{'mean reward':>13}")
     for domain in args.domains:
         r = results[domain]
         print(f"{domain:<15}{r['items']:>7}{r['seconds']:>9.2f}{r['items_per_s']:>10.1f}"
               f"{r['mean_reward']:>13.2f}")
+    if args.compare_layers:
+        r = results["code_layers"]
+        print(f"code sandbox A/B over {r['items']} items each: all layers {r['items_per_s']:.1f} "
+              f"items/s, prior layers {r['prior_items_per_s']:.1f} items/s, ratio {r['ratio']:.3f}")
+    results["loadavg"] = os.getloadavg()
+    print(f"load average: {results['loadavg']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -2,10 +2,12 @@
 
 Started by `sandbox.py` as `python -I -S _harness.py` (usually as PID 1 of fresh PID, network
 and mount namespaces); it imports nothing from prorl_jax so that it works under `-I` and
-exposes nothing of the trainer. It reads one JSON spec on stdin and writes one JSON report
-on stdout. The harness itself stays root (so the snippet cannot kill or ptrace it); each
-test case runs in a forked child that sets rlimits and drops to the sandbox uid before the
-snippet's first instruction.
+exposes nothing of the trainer (only its sibling helpers _mounts.py and _seccomp.py). It reads
+one JSON spec on stdin, builds the filesystem view (`_mounts`: a minimal root it pivots into,
+or the older read-only host view), and writes one JSON report on stdout. The harness itself
+stays root (so the snippet cannot kill or ptrace it); each test case runs in a forked child
+that sets rlimits, drops to the sandbox uid and every capability, sets no_new_privs and loads
+the seccomp filter (`_seccomp`) before the snippet's first instruction.
 
 The report carries the raw stdout / return value of every test; the expected outputs never
 enter the sandbox, so the snippet cannot forge a pass without producing the right answer.
@@ -22,88 +24,25 @@ import sys
 import time
 import traceback
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-PR_SET_NO_NEW_PRIVS = 38
-_FLAG_BITS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 38, 4, 24
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
-def _libc():
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                           ctypes.c_ulong, ctypes.c_char_p]
-    return libc
+def _load_siblings():
+    """Import the mount and seccomp helpers from this file's directory. `-I` keeps that
+    directory off sys.path, and it must not stay there: the snippet would see it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    try:
+        import _mounts
+        import _seccomp
+    finally:
+        sys.path.remove(here)
+    return _mounts, _seccomp
 
 
-def _mount(libc, source, target, fstype, flags, data):
-    args = [None if s is None else s.encode() for s in (source, target, fstype)]
-    if libc.mount(*args, flags, None if data is None else data.encode()) != 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), target)
-
-
-def _mount_points():
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            # Mount points escape spaces etc. as octal (\040).
-            path = fields[4].encode().decode("unicode_escape")
-            flags = 0
-            for opt in fields[5].split(","):
-                flags |= _FLAG_BITS.get(opt, 0)
-            points.append((path, flags))
-    return points
-
-
-def setup_mounts(spec, notes):
-    """Make every mount read-only (in this private namespace only) and put a size-capped
-    tmpfs on the work directory, so the snippet can write nowhere else and not fill the disk."""
-    libc = _libc()
-    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE, None)
-    for path, flags in _mount_points():
-        try:
-            _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags, None)
-        except OSError as e:
-            notes.append(f"could not make {path} read-only: {e.strerror}")
-    opts = f"size={spec['limits']['disk_bytes']},mode=0700"
-    if spec["uid"] is not None:
-        opts += f",uid={spec['uid']},gid={spec['uid']}"
-    _mount(libc, "tmpfs", spec["workdir"], "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    for root in spec["python_roots"]:
-        try:
-            _expose(libc, root, spec["workdir"])
-        except OSError as e:
-            notes.append(f"could not expose {root} to the sandbox uid: {e.strerror}")
-
-
-def _private_ancestor(path):
-    """The outermost ancestor of `path` that others cannot traverse (e.g. a 0700 /root)."""
-    parts = os.path.abspath(path).split(os.sep)[1:]
-    for i in range(1, len(parts)):
-        ancestor = os.sep + os.path.join(*parts[:i])
-        if not os.stat(ancestor).st_mode & 0o001:
-            return ancestor
-    return None
-
-
-def _expose(libc, root, workdir):
-    """Make the Python installation at `root` reachable for the sandbox uid when it sits
-    below a private directory: hide that directory behind an empty read-only tmpfs and
-    bind-mount just the installation back at its own path."""
-    private = _private_ancestor(root)
-    if private is None or not os.path.isdir(root):
-        return
-    stage = os.path.join(workdir, ".stage")
-    os.mkdir(stage)
-    _mount(libc, root, stage, None, MS_BIND | MS_REC, None)
-    _mount(libc, "tmpfs", private, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-    os.makedirs(root)
-    _mount(libc, stage, root, None, MS_BIND | MS_REC, None)
-    _mount(libc, None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
-    _mount(libc, None, private, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
-    if libc.umount2(stage.encode(), 2) != 0:  # MNT_DETACH
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), stage)
-    os.rmdir(stage)
+_mounts, _seccomp = _load_siblings()
 
 
 def _jsonable(value):
@@ -115,23 +54,49 @@ def _jsonable(value):
     return repr(value)
 
 
-def _drop_privileges(spec, cpu_s):
+def _drop_capabilities(libc):
+    """Empty the bounding, ambient and current capability sets. As root the uid drop clears
+    the current ones anyway; as root of a user namespace (no uid to drop to) this is what
+    keeps the snippet from remounting, unmounting or ptracing. An empty bounding set means no
+    later exec (setuid file, file capabilities, uid 0) can get one back."""
+    for cap in range(64):
+        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last cap; EPERM unprivileged
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset: " + os.strerror(ctypes.get_errno()))
+
+
+def _drop_privileges(spec, cpu_s, seccomp_program):
     lim = spec["limits"]
     for res, val in ((resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, lim["memory_bytes"]),
                      (resource.RLIMIT_FSIZE, lim["file_bytes"]),
                      (resource.RLIMIT_NOFILE, lim["open_files"]),
                      (resource.RLIMIT_NPROC, lim["processes"]), (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(res, (val, val))
-    # no_new_privs: setuid binaries (su, sudo, ping) cannot give the snippet privileges back.
-    ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
     uid = spec["uid"]
     if uid is not None:
+        for cap in range(64):  # while we still hold CAP_SETPCAP
+            libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+    _drop_capabilities(libc)
+    # no_new_privs: setuid binaries (su, sudo, ping) cannot give the snippet privileges back;
+    # it also lets an unprivileged process load a seccomp filter.
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "no_new_privs refused")
+    if seccomp_program is not None:
+        try:
+            _seccomp.install(seccomp_program)
+        except OSError:
+            if spec["strict"]:
+                raise  # the probe said it works: fail closed (this test scores 0)
 
 
-def _child(spec, test_input, fds, cpu_s):
+def _child(spec, test_input, fds, cpu_s, seccomp_program):
     """In the forked child: become the snippet. Never returns."""
     code = 1
     try:
@@ -139,7 +104,7 @@ def _child(spec, test_input, fds, cpu_s):
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         os.closerange(len(fds), 1 << 16)
-        _drop_privileges(spec, cpu_s)
+        _drop_privileges(spec, cpu_s, seccomp_program)
         sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
         sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
@@ -239,13 +204,15 @@ def _tail(fd, size):
     return _pread_all(fd, size, max(0, end - size)).decode("utf-8", "replace")
 
 
-def run_one(spec, index, test_input, remaining):
+def run_one(spec, index, test_input, remaining, seccomp_program=None):
     """Run test `index` in a fresh forked child with `remaining` wall seconds."""
     paths = [f"{k}_{index}" for k in ("in", "out", "err", "res")]
     stdin_text = "\n".join(map(str, test_input)) if isinstance(test_input, list) else str(test_input)
     if spec["fn_name"] is not None:
         stdin_text = ""
     fds = [_fresh_file(p) for p in paths]
+    # The uid may reopen its own stdin by name (open('/dev/stdin') -> /proc/self/fd/0).
+    os.fchmod(fds[0], 0o644)
     data = stdin_text.encode("utf-8")
     while data:
         data = data[os.write(fds[0], data):]
@@ -254,7 +221,7 @@ def run_one(spec, index, test_input, remaining):
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        _child(spec, test_input, fds, cpu_s)
+        _child(spec, test_input, fds, cpu_s, seccomp_program)
     timed_out = not _wait_exit(pid, remaining)
     if timed_out:
         os.kill(pid, signal.SIGKILL)
@@ -306,11 +273,23 @@ def main():
     builtins.exit = builtins.quit = _quit
     for name in _PRELOAD:
         __import__(name)
-    if spec["mount"]:
-        setup_mounts(spec, notes)
+    # A snippet running as our own uid (user-namespace mode) must not read our memory.
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    workdir, fs = spec["workdir"], spec["fs"]
+    if fs == "minimal":
+        try:
+            workdir = _mounts.enter_minimal_root(spec)
+        except OSError as e:
+            if spec["strict"]:
+                raise  # the probe said it works: fail closed (the run scores 0)
+            notes.append(f"minimal root refused: {e}")
+            fs = None
+    elif fs == "readonly":
+        workdir = _mounts.remount_readonly(spec, notes)
     elif spec["uid"] is not None:
-        os.chown(spec["workdir"], spec["uid"], spec["uid"])
-    os.chdir(spec["workdir"])
+        os.chown(workdir, spec["uid"], spec["uid"])
+    os.chdir(workdir)
+    program = _seccomp.build() if spec["seccomp"] else None
     deadline = time.monotonic() + spec["timeout_s"]
     results = []
     for index, test_input in enumerate(spec["inputs"]):
@@ -318,10 +297,10 @@ def main():
         if remaining <= 0:
             results.append({"status": "timeout", "elapsed": 0.0})
             break
-        results.append(run_one(spec, index, test_input, remaining))
+        results.append(run_one(spec, index, test_input, remaining, program))
         if results[-1]["status"] == "timeout":
             break
-    sys.stdout.write(json.dumps({"results": results, "notes": notes}))
+    sys.stdout.write(json.dumps({"results": results, "notes": notes, "fs": fs}))
     sys.stdout.flush()
 
 

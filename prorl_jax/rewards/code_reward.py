@@ -90,7 +90,8 @@ def _passed(test: dict, expected, call_based: bool) -> str | None:
 
 
 def score(completion: str, ground_truth, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-          limits: sandbox.SandboxLimits | None = None) -> Verdict:
+          limits: sandbox.SandboxLimits | None = None,
+          layers: sandbox.Protections | None = None) -> Verdict:
     """Score a completion against the tests in `ground_truth`.
 
     Args:
@@ -98,6 +99,7 @@ def score(completion: str, ground_truth, *, timeout_s: float = DEFAULT_TIMEOUT_S
       ground_truth: tests, see `parse_tests`.
       timeout_s: wall-clock budget for all tests together.
       limits: sandbox resource limits (None: SandboxLimits()).
+      layers: sandbox protections to use (None: all this host supports; see sandbox.run_program).
 
     Returns:
       Verdict(fraction of tests passed, reason when not all passed).
@@ -115,7 +117,7 @@ def score(completion: str, ground_truth, *, timeout_s: float = DEFAULT_TIMEOUT_S
             for out in tests["outputs"]]
     result = sandbox.run_program(source, tests["inputs"], fn_name=tests["fn_name"],
                                  timeout_s=timeout_s, output_caps=caps,
-                                 limits=limits or sandbox.SandboxLimits())
+                                 limits=limits or sandbox.SandboxLimits(), layers=layers)
     if result.reason is not None:
         logger.info("code reward 0: %s", result.reason)
         return Verdict(0.0, result.reason)
