@@ -6,6 +6,7 @@ import pytest
 
 from prorl_jax import cli
 from prorl_jax.config import (
+    CONFIG_DIR,
     RLConfig,
     TrainConfig,
     apply_overrides,
@@ -15,7 +16,7 @@ from prorl_jax.config import (
 )
 from prorl_jax.errors import ConfigError
 
-CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
 def test_configs_directory_is_not_empty():
