@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 
 from prorl_jax import __version__
@@ -66,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prorl-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # A second Ctrl-C while the interpreter tears down (XLA threads still running)
+        # could crash it; exit at once instead, with the same code.
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
         print(f"prorl-jax {args.command}: interrupted", file=sys.stderr)
         return 130
 
