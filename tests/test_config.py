@@ -115,3 +115,12 @@ def test_every_config_key_is_documented():
     missing = [f"{cls.__name__}.{f.name}" for cls in sections for f in dataclasses.fields(cls)
                if f"`{f.name}`" not in doc]
     assert not missing
+
+
+def test_set_mapping_merges_and_lists_replace():
+    base = {"rl": {"prompts_per_step": 16, "kl_coef": 1e-3},
+            "data": {"val_sources": [{"kind": "jsonl", "path": "v.jsonl"}], "seed": 3}}
+    out = apply_overrides(base, ["rl={kl_coef: 0.1}", "data={val_sources: []}"])
+    assert out["rl"] == {"prompts_per_step": 16, "kl_coef": 0.1}
+    assert out["data"] == {"val_sources": [], "seed": 3}
+    assert base["rl"]["kl_coef"] == 1e-3  # the loaded file's dict is not modified
