@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
               f"'{parser.prog} --help' describes them", file=sys.stderr)
         return 2
     # Installed before transformers is first imported (command modules import it lazily).
-    logging.getLogger("transformers").addFilter(_NoTorchBanner())
+    hf_logger = logging.getLogger("transformers")
+    if not any(isinstance(f, _NoTorchBanner) for f in hf_logger.filters):
+        hf_logger.addFilter(_NoTorchBanner())
     try:
         return int(args._run(args) or 0)
     except UserError as e:
