@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
+import signal
 import sys
 
 from prorl_jax import __version__
@@ -41,18 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NoTorchBanner(logging.Filter):
+    """transformers announces at import that PyTorch is missing; this project never needs
+    torch (models are JAX), so the banner is only noise at the top of every command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("PyTorch was not found")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: a command is required (one of {', '.join(COMMANDS)}); "
+              f"'{parser.prog} --help' describes them", file=sys.stderr)
+        return 2
+    # Installed before transformers is first imported (command modules import it lazily).
+    hf_logger = logging.getLogger("transformers")
+    if not any(isinstance(f, _NoTorchBanner) for f in hf_logger.filters):
+        hf_logger.addFilter(_NoTorchBanner())
     try:
         return int(args._run(args) or 0)
     except UserError as e:
         print(f"prorl-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # A second Ctrl-C while the interpreter tears down (XLA threads still running)
+        # could crash it; exit at once instead, with the same code.
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
         print(f"prorl-jax {args.command}: interrupted", file=sys.stderr)
         return 130
 

@@ -18,9 +18,10 @@ import yaml
 from prorl_jax.errors import ConfigError
 from prorl_jax.model.config import ModelConfig
 
-# Shipped configs live in the repository's configs/ (an editable install finds them there).
-CONFIG_DIRS = (pathlib.Path(__file__).resolve().parent.parent / "configs",
-               pathlib.Path(__file__).resolve().parent / "configs")
+# Shipped configs live inside the package (prorl_jax/configs, listed in pyproject's
+# package-data), so a wheel or `pip install .` has them too; the repository's top-level
+# configs/ is a symlink to this directory, for `--config configs/demo.yaml`.
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 # ----------------------------------------------------------------------------- sections
@@ -112,6 +113,9 @@ class RLConfig:
     overlong_buffer: int = 0  # DAPO soft overlong punishment; 0 = off
     overlong_factor: float = 1.0
     nontermination_penalty: float | None = None  # reward given to responses without EOS
+    # Stop after this many consecutive steps in which every generated group got identical
+    # rewards (nothing to learn from: zero advantages); 0 = never stop, only warn.
+    max_empty_steps: int = 5
 
     def __post_init__(self):
         if self.advantage not in ADVANTAGES:
@@ -122,6 +126,10 @@ class RLConfig:
             raise ConfigError(f"rl.kl_kind must be one of {KL_KINDS}, got {self.kl_kind!r}")
         if not (0 <= self.clip_low < 1) or self.clip_high < 0:
             raise ConfigError("rl.clip_low must be in [0, 1) and rl.clip_high >= 0")
+        if self.kl_coef < 0:
+            raise ConfigError(f"rl.kl_coef must be >= 0 (0 = no KL term), got {self.kl_coef}")
+        if self.max_empty_steps < 0:
+            raise ConfigError(f"rl.max_empty_steps must be >= 0, got {self.max_empty_steps}")
         if self.clip_c is not None and self.clip_c <= 1:
             raise ConfigError(f"rl.clip_c must be > 1 or null, got {self.clip_c}")
         if self.prompts_per_step < 1 or self.mini_batch_prompts < 1:
@@ -314,9 +322,9 @@ class TrainConfig:
             raise ConfigError(
                 f"rl.micro_batches ({self.rl.micro_batches}) must divide the mini-batch of "
                 f"rl.mini_batch_prompts x sampling.n = {rows} sequences")
-        if self.rl.dynamic_sampling and self.sampling.n < 2:
-            raise ConfigError("sampling.n must be >= 2 for GRPO groups (dynamic sampling needs "
-                              "reward variance within a group)")
+        if self.sampling.n < 2:
+            raise ConfigError(f"sampling.n must be >= 2, got {self.sampling.n}: GRPO compares "
+                              f"the n samples of each prompt (a group of one has no advantage)")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -435,7 +443,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def merge(base: Any, value: Any) -> Any:
+    """`value` over `base`: mappings merge key by key (recursively), anything else replaces."""
+    if isinstance(base, dict) and isinstance(value, dict):
+        out = dict(base)
+        for k, v in value.items():
+            out[k] = merge(base.get(k), v)
+        return out
+    return value
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Applies `--set` overrides in order. A mapping value merges into the section it names
+    (`--set 'rl={kl_coef: 0.1}'` changes only rl.kl_coef); lists and scalars replace."""
     data = dict(data or {})
     for text in overrides:
         parts, value = parse_override(text)
@@ -445,7 +465,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             child = dict(child) if isinstance(child, dict) else {}
             node[p] = child
             node = child
-        node[parts[-1]] = value
+        node[parts[-1]] = merge(node.get(parts[-1]), value)
     return data
 
 
@@ -482,14 +502,14 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = (
 
 
 def resolve_config_path(name: str | None) -> pathlib.Path:
-    """A path as given, or the name of a shipped config ('demo' -> configs/demo.yaml)."""
+    """A path as given, or the name of a shipped config ('demo' -> prorl_jax/configs/demo.yaml)."""
     if name is None:
         name = "demo"
     p = pathlib.Path(name)
     if p.is_file():
         return p
-    for d in CONFIG_DIRS:
-        for cand in (d / name, d / f"{name}.yaml"):
-            if cand.is_file():
-                return cand
-    raise ConfigError(f"config file not found: {name}")
+    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    shipped = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {name} (shipped configs: {shipped or 'none'})")

@@ -19,6 +19,8 @@ def test_help_does_not_import_jax():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_no_command_prints_help(capsys):
-    assert cli.main([]) == 0
-    assert "train" in capsys.readouterr().out
+def test_no_command_is_a_usage_error():
+    proc = subprocess.run([sys.executable, "-m", "prorl_jax"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "a command is required (one of train, generate, eval, convert)" in proc.stderr
+    assert "Traceback" not in proc.stderr

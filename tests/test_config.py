@@ -6,6 +6,7 @@ import pytest
 
 from prorl_jax import cli
 from prorl_jax.config import (
+    CONFIG_DIR,
     RLConfig,
     TrainConfig,
     apply_overrides,
@@ -15,7 +16,7 @@ from prorl_jax.config import (
 )
 from prorl_jax.errors import ConfigError
 
-CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
 def test_configs_directory_is_not_empty():
@@ -114,3 +115,12 @@ def test_every_config_key_is_documented():
     missing = [f"{cls.__name__}.{f.name}" for cls in sections for f in dataclasses.fields(cls)
                if f"`{f.name}`" not in doc]
     assert not missing
+
+
+def test_set_mapping_merges_and_lists_replace():
+    base = {"rl": {"prompts_per_step": 16, "kl_coef": 1e-3},
+            "data": {"val_sources": [{"kind": "jsonl", "path": "v.jsonl"}], "seed": 3}}
+    out = apply_overrides(base, ["rl={kl_coef: 0.1}", "data={val_sources: []}"])
+    assert out["rl"] == {"prompts_per_step": 16, "kl_coef": 0.1}
+    assert out["data"] == {"val_sources": [], "seed": 3}
+    assert base["rl"]["kl_coef"] == 1e-3  # the loaded file's dict is not modified

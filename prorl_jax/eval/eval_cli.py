@@ -101,6 +101,8 @@ def run(args) -> int:
         raise EvalError(f"--label given {len(args.label)} times for {len(args.model)} --model")
     if args.limit < 0:
         raise EvalError(f"--limit must be >= 0, got {args.limit}")
+    if not 0 < args.threshold <= 1:  # rewards lie in [0, 1]: above 1 nothing counts as solved
+        raise EvalError(f"--threshold must be in (0, 1] (rewards are in [0, 1]), got {args.threshold}")
     if args.reward_workers < 0 or not args.reward_timeout > 0:
         raise EvalError("--reward-workers must be >= 0 and --reward-timeout > 0")
     settings = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,

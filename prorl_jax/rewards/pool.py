@@ -222,6 +222,12 @@ class RewardPool:
                 w.process.join(timeout=5)
             w.conn.close()
 
+    def kill(self) -> None:
+        """Kill the workers at once, without waiting (a forced exit of the parent)."""
+        self._closed = True
+        for w in self._workers:
+            w.process.kill()
+
     def __enter__(self) -> "RewardPool":
         return self
 

@@ -6,11 +6,20 @@ import json
 import logging
 import math
 import pathlib
+import re
 from typing import Any
 
 from prorl_jax.config import LoggingConfig
 
 log = logging.getLogger(__name__)
+
+
+def tensorboard_tag(name: str) -> str:
+    """The TensorBoard tag of a metric. TensorBoard allows only [A-Za-z0-9_./-] and would
+    itself turn `val/pass@1` into the unreadable `val/pass_1`: '@' becomes '_at_'
+    (`val/pass_at_1`), any other character outside the set '_'."""
+    name = name.replace("@", "_at_")
+    return re.sub(r"[^A-Za-z0-9_./-]", "_", name)
 
 
 def _jsonable(v: Any):
@@ -68,7 +77,7 @@ class MetricsLogger:
                    if isinstance(v, int | float) and not isinstance(v, bool)}
         if self._tb is not None:
             for k, v in scalars.items():
-                self._tb.add_scalar(k, v, step)
+                self._tb.add_scalar(tensorboard_tag(k), v, step)
             self._tb.flush()
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)

@@ -1,4 +1,4 @@
-"""`prorl-jax train`: run ProRL (no --config: the embedded CPU demo, configs/demo.yaml)."""
+"""`prorl-jax train`: run ProRL (no --config: the embedded CPU demo, prorl_jax/configs/demo.yaml)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import datetime
 import logging
 import pathlib
+import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = pathlib.Path(args.resume)
         path = run_dir / "config.yaml"
+        # A resumed run is the run in RUN_DIR: its own config.yaml, changed only by --set.
+        if args.config:
+            raise ConfigError(f"--resume {run_dir} trains with {path}; --config cannot be "
+                              f"combined with it (change values with --set key=value)")
+        if args.run_dir and pathlib.Path(args.run_dir).resolve() != run_dir.resolve():
+            raise ConfigError(f"--resume {run_dir} continues in {run_dir}; drop --run-dir")
         if not path.is_file():
             raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
     else:
@@ -54,18 +61,48 @@ def run(args: argparse.Namespace) -> int:
 
     from prorl_jax.rl.trainer import Trainer
 
-    trainer = Trainer(cfg, run_dir, resume=bool(args.resume), reset_reference=args.reset_reference)
-    summary = trainer.run()
+    existed = run_dir.exists()
+    try:
+        trainer = Trainer(cfg, run_dir, resume=bool(args.resume),
+                          reset_reference=args.reset_reference)
+        summary = trainer.run()
+    except BaseException:
+        if not existed:
+            _discard_failed_start(run_dir)
+        raise
     print(format_summary(summary))
-    return 130 if summary.get("stopped_by") == "SIGINT" else 0
+    return int(summary.get("exit_code", 0))
+
+
+def _discard_failed_start(run_dir: pathlib.Path) -> None:
+    """Removes a run directory this command created when the run failed before its first
+    step was logged or checkpointed (it then holds nothing worth keeping)."""
+    import shutil
+
+    from prorl_jax.checkpoint import complete_steps
+    from prorl_jax.rl.metrics_log import read_metrics
+
+    if not run_dir.is_dir() or complete_steps(run_dir / "checkpoints"):
+        return
+    try:
+        logged = any(r.get("step", 0) >= 1 for r in read_metrics(run_dir))
+    except (OSError, ValueError):
+        logged = False
+    if logged:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"prorl-jax train: removed {run_dir}: the run failed before its first step",
+          file=sys.stderr)
 
 
 def format_summary(summary: dict) -> str:
     lines = [f"run directory: {summary['run_dir']}"]
     before, after = summary.get("val_before"), summary.get("val_after")
     if before and after:
-        lines.append("held-out validation (pass@1 / mean reward):")
-        keys = sorted(k for k in after if k.startswith("val/pass@1"))
+        lines.append("held-out validation, before -> after training:")
+        # pass@1 then mean reward, overall first, then per domain.
+        keys = [k for k in after if k.startswith(("val/pass@1", "val/reward/"))]
+        keys.sort(key=lambda k: (not k.startswith("val/pass@1"), k.count("/"), k))
         for k in keys:
             b = before.get(k, float("nan"))
             lines.append(f"  {k[len('val/'):]:<28} before {b:.3f}  after {after[k]:.3f}  "
@@ -73,6 +110,9 @@ def format_summary(summary: dict) -> str:
     if "steps" in summary:
         lines.append(f"trained steps {summary['start_step']} -> {summary['steps']}; "
                      f"reference resets at steps {[r['step'] for r in summary.get('resets', [])]}")
+    if summary.get("empty_steps"):
+        lines.append(f"warning: {summary['empty_steps']} step(s) had nothing to learn from "
+                     f"(every group got identical rewards)")
     if "hf_dir" in summary:
         lines.append(f"final policy (Hugging Face format): {summary['hf_dir']}")
     return "\n".join(lines)

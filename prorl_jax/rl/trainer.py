@@ -19,13 +19,13 @@ import logging
 import os
 import pathlib
 import signal
+import sys
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 
 from prorl_jax import losses
 from prorl_jax.checkpoint import Checkpointer, complete_steps
@@ -34,7 +34,8 @@ from prorl_jax.errors import ConfigError
 from prorl_jax.rl import batch as batching
 from prorl_jax.rl import state as state_lib
 from prorl_jax.rl.metrics_log import MetricsLogger
-from prorl_jax.rl.rollout import RolloutWorker
+from prorl_jax.rl.rollout import DynamicSamplingError, RolloutWorker
+from prorl_jax.rl.startup import check_chat_template, check_positions, write_config
 from prorl_jax.rl.update import batch_logprobs, make_train_step, micro_weights
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,17 @@ def seed_for(seed: int, step: int, gen_batch: int) -> int:
 
 
 class _StopFlag:
-    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint and exits at the next
-    safe point. A second signal restores the default behaviour (immediate exit)."""
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint and exits at the next safe
+    point (exit code 128 + signal: 130 / 143, so a scheduler can tell a preempted run from
+    a finished one). A second signal exits at once, without saving, through `os._exit`:
+    unwinding Python while XLA threads are compiling or running can crash the interpreter
+    (a segfault once seen on a double Ctrl-C), and the last complete checkpoint is kept
+    either way."""
 
-    def __init__(self):
+    def __init__(self, on_force_exit=None):
         self.signal: str | None = None
         self._old = {}
+        self._on_force_exit = on_force_exit
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -68,11 +74,24 @@ class _StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(signal.Signals[self.signal]) if self.signal else 0
+
     def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-        log.warning("%s received: finishing the current step, saving a checkpoint, exiting",
-                    self.signal)
-        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            sys.stderr.write(f"\nsecond signal ({name}): exiting now without saving; the last "
+                             f"complete checkpoint is kept\n")
+            sys.stderr.flush()
+            sys.stdout.flush()
+            if self._on_force_exit is not None:
+                with contextlib.suppress(Exception):
+                    self._on_force_exit()
+            os._exit(128 + signum)
+        self.signal = name
+        log.warning("%s received: finishing the current step, saving a checkpoint, exiting "
+                    "(a second signal exits at once, without saving)", name)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -91,15 +110,16 @@ class Trainer:
         self.run_dir = pathlib.Path(run_dir)
         self.console = console
         self.manual_reset = reset_reference
+        self._closed = False
         ckpt_dir = self.run_dir / "checkpoints"
         if not resume and complete_steps(ckpt_dir):
             raise ConfigError(f"{self.run_dir} already holds checkpoints: resume it with "
                               f"--resume {self.run_dir}, or pick another --run-dir")
         if resume and not complete_steps(ckpt_dir):
             raise ConfigError(f"--resume {self.run_dir}: no complete checkpoint in {ckpt_dir}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
+        # Everything that can fail on a bad config, model or dataset runs before anything is
+        # written: a failed start leaves no run directory behind, and a resumed run keeps its
+        # last good config.yaml.
         if cfg.model.path is None:
             raise ConfigError("model.path: training needs a Hugging Face checkpoint directory "
                               "(with its tokenizer)")
@@ -111,6 +131,7 @@ class Trainer:
                                        mesh=self.mesh, rules=TRAIN_RULES)
         self.model_cfg = model_cfg.replace(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
                                            remat=cfg.model.remat)
+        check_positions(cfg, self.model_cfg)
         self.optimizer = state_lib.make_optimizer(cfg.optim)
         self.state = state_lib.init_train_state(params, self.optimizer, cfg.seed)
 
@@ -130,26 +151,34 @@ class Trainer:
         self.formatter = data_lib.ChatFormatter(self.tokenizer, cfg.data.suffixes or None,
                                                 cfg.sampling.max_prompt_tokens,
                                                 use_chat_template=cfg.data.use_chat_template)
+        check_chat_template(self.formatter, self.model_dir)
         self.iterator = data_lib.build_iterator(cfg.data, split="train")
         self.val_records = (data_lib.build_iterator(cfg.data, split="val").next_batch(
             cfg.validation.num_prompts) if cfg.data.val_sources else [])
         self.pool = rewards.RewardPool(cfg.rewards.num_workers, cfg.rewards.timeout_s,
                                        code_timeout_s=cfg.rewards.code_timeout_s,
                                        preload=_domains(cfg))
-        self.worker = RolloutWorker(cfg, self.model_cfg, self.mesh, self.formatter,
-                                    self.tokenizer, self.pool, stop_token_ids=(self.eos_id,))
-        self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
-                                 async_save=cfg.checkpoint.async_save)
-        self.counters: dict[str, Any] = {"kl_streak": 0, "val_history": [], "resets": [],
-                                         "skipped_updates": 0, "dropped_prompts": 0}
-        self._train_steps: dict[int, Any] = {}
-        self._saved_step: int | None = None
-        resume_step = None
-        if resume:
-            resume_step = self._restore()
-            self._saved_step = resume_step
-        self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
-                                     run_config=to_dict(cfg))
+        try:
+            self.worker = RolloutWorker(cfg, self.model_cfg, self.mesh, self.formatter,
+                                        self.tokenizer, self.pool, stop_token_ids=(self.eos_id,))
+            self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
+                                     async_save=cfg.checkpoint.async_save)
+            self.counters: dict[str, Any] = {"kl_streak": 0, "val_history": [], "resets": [],
+                                             "skipped_updates": 0, "dropped_prompts": 0,
+                                             "empty_steps": 0, "empty_streak": 0,
+                                             "val_before": None}
+            self._train_steps: dict[int, Any] = {}
+            self._saved_step: int | None = None
+            resume_step = None
+            if resume:
+                resume_step = self._restore()
+                self._saved_step = resume_step
+            write_config(self.run_dir, cfg)
+            self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
+                                         run_config=to_dict(cfg))
+        except BaseException:
+            self.pool.close()
+            raise
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -325,27 +354,52 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self) -> dict:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
         cfg = self.cfg
         start = int(self.state.step)
-        summary: dict[str, Any] = {"run_dir": str(self.run_dir), "start_step": start}
+        previous = _read_summary(self.run_dir)
+        if start >= cfg.steps and previous.get("steps") == start and not self.manual_reset:
+            # A finished run resumed as it is: nothing to train, nothing to rewrite.
+            self.console(f"{self.run_dir} already finished at step {start} (steps: {cfg.steps}); "
+                         f"nothing to do. Train further with --resume {self.run_dir} "
+                         f"--set steps=N (N > {start})")
+            self.close()
+            return {**previous, "already_finished": True}
+        summary: dict[str, Any] = {"run_dir": str(self.run_dir),
+                                   "start_step": previous.get("start_step", start)}
         if self.manual_reset:
             self.reset_reference("manual (--reset-reference)")
         if self.val_records and start == 0:
             before = self.validate()
-            summary["val_before"] = before
+            self.counters["val_before"] = before
             self.counters["val_history"].append(before.get("val/reward/mean", 0.0))
             self.metrics.write(0, before)
+        if self.counters.get("val_before") is None and "val_before" in previous:
+            self.counters["val_before"] = previous["val_before"]  # run from before the counter
+        if self.counters.get("val_before") is not None:
+            summary["val_before"] = self.counters["val_before"]
         progress = _progress(cfg, start)
-        stop = _StopFlag()
-        with stop:
+        stop = _StopFlag(on_force_exit=self.pool.kill)
+        last: dict = {}
+        # Log lines (resets, warnings) go above the progress bar instead of through it.
+        with stop, logging_redirect_tqdm(loggers=[logging.getLogger()]):
             step = start
             while step < cfg.steps and stop.signal is None:
-                m = self._one_step(step)
+                last = self._one_step(step)
                 step = int(self.state.step)
-                self.metrics.write(step, m)
+                self.metrics.write(step, last)
                 _inject_fault(step)
                 progress.update(1)
-                progress.set_postfix(reward=f"{m['reward/mean']:.3f}", kl=f"{m.get('kl', 0):.2e}")
+                progress.set_postfix(reward=f"{last['reward/mean']:.3f}",
+                                     kl=f"{last.get('kl', 0):.2e}")
                 if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
                     self.save()
             progress.close()
@@ -353,6 +407,7 @@ class Trainer:
                 self.save()
                 self.ckpt.wait()
                 summary["stopped_by"] = stop.signal
+                summary["exit_code"] = stop.exit_code
                 self.console(f"stopped by {stop.signal} at step {step}; checkpoint saved in "
                              f"{self.ckpt.directory}; continue with --resume {self.run_dir}")
                 self.close()
@@ -360,7 +415,10 @@ class Trainer:
         self.save()
         self.ckpt.wait()
         if self.val_records:
-            after = self.validate()
+            after = {k: v for k, v in last.items() if k.startswith("val/")}
+            if not after:  # resumed at the last step (killed before the end of the run)
+                after = self.validate()
+                self.metrics.write(int(self.state.step), after)
             summary["val_after"] = after
         if cfg.checkpoint.export_hf:
             from prorl_jax.model.hf import save_hf
@@ -370,6 +428,7 @@ class Trainer:
             summary["hf_dir"] = str(self.run_dir / "hf")
         summary["steps"] = int(self.state.step)
         summary["resets"] = list(self.counters["resets"])
+        summary["empty_steps"] = int(self.counters.get("empty_steps", 0))
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.close()
         return summary
@@ -380,6 +439,7 @@ class Trainer:
         groups, m = self.worker.collect(self.state.params, self.iterator,
                                         lambda i: seed_for(cfg.seed, step, i))
         t1 = time.perf_counter()
+        self._count_empty(step + 1, m)
         if groups is not None:
             m.update(self.update(groups, step))
         t2 = time.perf_counter()
@@ -389,21 +449,54 @@ class Trainer:
         m["time/step"] = t2 - t0
         m["tokens_per_second"] = m["tokens/generated"] / max(t2 - t0, 1e-9)
         m["epoch"] = getattr(self.iterator, "epoch", 0)
-        if cfg.validation.every_steps and step % cfg.validation.every_steps == 0 \
-                and step < cfg.steps and self.val_records:
+        every = cfg.validation.every_steps
+        # The last step always validates, so the final numbers are in metrics.jsonl and
+        # TensorBoard like every other validation (and in summary.json as val_after).
+        if self.val_records and (step == cfg.steps or (every and step % every == 0)):
             v = self.validate()
             m.update(v)
             self.counters["val_history"].append(v.get("val/reward/mean", 0.0))
-        reason = self._reset_due(step, m)
+        reason = self._reset_due(step, m) if step < cfg.steps else None
         if reason is not None:
             self.reset_reference(reason)
             m["reference_reset"] = True
         return m
 
+    def _count_empty(self, step: int, m: dict) -> None:
+        """Warns on a step where every generated group got identical rewards (zero
+        advantages: nothing to learn), and stops after rl.max_empty_steps in a row."""
+        if m["filtered_fraction"] < 1.0:
+            self.counters["empty_streak"] = 0
+            return
+        self.counters["empty_steps"] = self.counters.get("empty_steps", 0) + 1
+        streak = self.counters["empty_streak"] = self.counters.get("empty_streak", 0) + 1
+        m["empty_step"] = True
+        log.warning("step %d: all %d generated groups got identical rewards within the group "
+                    "(nothing to learn from; %d such step(s) in a row)", step,
+                    m["groups/generated"], streak)
+        limit = self.cfg.rl.max_empty_steps
+        if limit and streak >= limit:
+            raise DynamicSamplingError(
+                f"steps {step - streak + 1}-{step}: every generated group got identical rewards "
+                f"({streak} steps in a row, rl.max_empty_steps={limit}), so there was nothing "
+                f"to train on. Check sampling.temperature (0 samples every group identically) "
+                f"and that the model solves some prompts; rl.max_empty_steps=0 only warns")
+
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.ckpt.close()
         self.pool.close()
         self.metrics.close()
+
+
+def _read_summary(run_dir: pathlib.Path) -> dict:
+    path = run_dir / "summary.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _inject_fault(step: int) -> None:
