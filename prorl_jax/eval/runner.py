@@ -30,8 +30,7 @@ from prorl_jax.eval.store import (
     record_fingerprint,
     record_task,
 )
-
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+from prorl_jax.paths import resolve_model_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,18 +201,6 @@ def validate_records(model_cfg, params, formatter, tokenizer, records: Sequence,
 
 
 # ----------------------------------------------------------------------- the CLI's driver
-
-
-def resolve_model_dir(spec: str) -> str:
-    """A --model argument -> checkpoint directory ("builtin:NAME" is prorl_jax/assets/NAME).
-
-    Raises:
-      CheckpointError: the directory does not exist.
-    """
-    path = os.path.join(ASSETS, spec[len("builtin:"):]) if spec.startswith("builtin:") else spec
-    if not os.path.isdir(path):
-        raise CheckpointError(f"model directory not found: {spec}")
-    return path
 
 
 def model_labels(specs: Sequence[str]) -> list[str]:
