@@ -30,6 +30,13 @@ def has_tokenizer(path: str | pathlib.Path) -> bool:
     return any((pathlib.Path(path) / name).is_file() for name in VOCAB_FILES)
 
 
+def require_tokenizer(path: str | pathlib.Path) -> None:
+    """Raise CheckpointError, saying so, when the directory has no tokenizer."""
+    if not has_tokenizer(path):
+        raise CheckpointError(f"{path} has no tokenizer (none of {', '.join(VOCAB_FILES)}); "
+                              "copy the tokenizer files of its base model into it")
+
+
 def load_tokenizer(path: str | pathlib.Path):
     """The tokenizer of a local checkpoint directory (no network).
 
@@ -39,9 +46,7 @@ def load_tokenizer(path: str | pathlib.Path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = pathlib.Path(path)
-    if not has_tokenizer(path):
-        raise CheckpointError(f"{path} has no tokenizer (none of {', '.join(VOCAB_FILES)}); "
-                              "copy the tokenizer files of its base model into it")
+    require_tokenizer(path)
     config_file = path / "tokenizer_config.json"
     declared = None
     if config_file.is_file():
