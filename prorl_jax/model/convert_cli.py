@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="param dtype (default: the checkpoint's)")
     b = sub.add_parser("orbax-to-hf", help="Orbax checkpoint -> Hugging Face directory")
     b.add_argument("--ckpt", required=True, metavar="DIR",
-                   help="Orbax checkpoint directory (e.g. RUN_DIR/checkpoints)")
+                   help="Orbax checkpoint directory: RUN_DIR/checkpoints (or just RUN_DIR)")
     b.add_argument("--step", type=int, default=None, help="step to export (default: latest)")
     b.add_argument("--out", required=True, metavar="DIR", help="Hugging Face directory to write")
     b.add_argument("--tokenizer", metavar="DIR", default=None,
@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
               f"{cfg.num_params():,} params in {cfg.param_dtype}")
         return 0
 
+    if (pathlib.Path(args.ckpt) / "checkpoints").is_dir() and \
+            (pathlib.Path(args.ckpt) / "config.yaml").is_file():
+        args.ckpt = str(pathlib.Path(args.ckpt) / "checkpoints")  # a run directory was given
     _check_hf_out(args.out, args.force)
     tokenizer = resolve_model_dir(args.tokenizer, "--tokenizer") if args.tokenizer else None
     from prorl_jax import checkpoint

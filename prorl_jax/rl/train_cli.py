@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     from prorl_jax.paths import check_output_dir
 
-    check_output_dir(run_dir, "--resume" if args.resume else "--run-dir")
+    check_output_dir(run_dir, "--resume" if args.resume else
+                     "--run-dir" if args.run_dir else "run directory")
     if args.resume:
         _check_resume_step(run_dir, args.step)
 

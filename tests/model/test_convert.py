@@ -147,6 +147,10 @@ def test_tokenizer_from_the_run_config_or_a_clear_warning(src, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"recorded in {run / 'config.yaml'}" in proc.stdout
     assert (tmp_path / "b" / "tokenizer.json").is_file()
+    # The run directory itself is accepted for its checkpoints.
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(run), "--out", str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr
+    assert "(step 3)" in proc.stdout and (tmp_path / "c" / "tokenizer.json").is_file()
 
 
 @pytest.fixture()
