@@ -169,8 +169,8 @@ def restore(directory: str | pathlib.Path, step: int | None = None, *, params_ta
         try:
             out = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # Orbax raises many types for corrupt data
+            _mute_orphaned_reads()
             if _is_read_failure(e):
-                _mute_orphaned_reads()
                 raise damaged(directory, step, f"cannot be read: {_short_reason(e)}") from None
             raise CheckpointError(f"could not restore {step_dir}: {type(e).__name__}: "
                                   f"{_short_reason(e)}") from None

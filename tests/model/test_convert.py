@@ -191,3 +191,20 @@ def test_missing_item_names_the_step_and_the_fallback(two_steps, tmp_path, item)
     proc = prorl("convert", "orbax-to-hf", "--ckpt", str(two_steps), "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, f"checkpoint step 2 in {two_steps} has no '{item}' item",
                           "--step 1")
+
+
+def test_a_mismatched_target_is_not_called_damaged(src, tmp_path):
+    from prorl_jax import checkpoint
+    from prorl_jax.errors import DamagedCheckpointError
+
+    cfg, params = hf.load_hf(src)
+    ckpt = str(tmp_path / "ckpt")
+    orbax_io.save_orbax(ckpt, cfg, params, step=1)
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    wrong = jax.tree.map(lambda x: jax.ShapeDtypeStruct(tuple(s + 1 for s in x.shape), x.dtype,
+                                                        sharding=dev), params)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.restore(ckpt, params_target=wrong, with_state=False)
+    assert not isinstance(info.value, DamagedCheckpointError)
+    assert "not compatible with the stored shape" in str(info.value)
+    assert "\n" not in str(info.value)  # one line, not Orbax's multi-line report
