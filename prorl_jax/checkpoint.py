@@ -9,17 +9,24 @@ Layout (RUN_DIR/checkpoints/<step>/): three Orbax items
 Orbax writes each step into a temporary directory and renames it when done; we also
 require its commit markers before we call a step complete, so a checkpoint torn by a
 crash or SIGKILL mid-write is never taken as the latest (it is ignored and logged).
+
+A step that is committed but damaged afterwards (an item directory deleted, an array file
+truncated by a full disk or a bad copy) raises DamagedCheckpointError naming the step and
+the newest complete step before it, so the caller can offer to fall back to that one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
+import re
+import sys
 from typing import Any
 
 import orbax.checkpoint as ocp
 
-from prorl_jax.errors import CheckpointError
+from prorl_jax.errors import CheckpointError, DamagedCheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +126,19 @@ def resolve_step(directory: str | pathlib.Path, step: int | None = None) -> int:
 def restore_meta(directory: str | pathlib.Path, step: int | None = None) -> tuple[int, dict]:
     """(step, meta) of a checkpoint without touching its arrays."""
     step = resolve_step(directory, step)
-    manager = ocp.CheckpointManager(
-        pathlib.Path(directory).absolute(),
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-    try:
-        out = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    except Exception as e:  # Orbax raises many types for corrupt data
-        raise CheckpointError(f"could not read meta of {directory}/{step}: {e}") from e
-    finally:
-        manager.close()
+    if not (pathlib.Path(directory).absolute() / str(step) / "meta").is_dir():
+        raise damaged(pathlib.Path(directory).absolute(), step, "has no 'meta' item")
+    with quiet_orbax():
+        manager = ocp.CheckpointManager(
+            pathlib.Path(directory).absolute(),
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+        try:
+            out = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # Orbax raises many types for corrupt data
+            raise damaged(pathlib.Path(directory).absolute(), step,
+                          f"has an unreadable 'meta' item ({_short_reason(e)})") from None
+        finally:
+            manager.close()
     if not isinstance(out["meta"], dict):
         raise CheckpointError(f"{directory}/{step}: meta is not a JSON object")
     return step, dict(out["meta"])
@@ -135,26 +146,110 @@ def restore_meta(directory: str | pathlib.Path, step: int | None = None) -> tupl
 
 def restore(directory: str | pathlib.Path, step: int | None = None, *, params_target: Any = None,
             state_target: Any = None, with_state: bool = True, manager=None):
-    """Restores (params, state, meta) from a checkpoint directory; see Checkpointer.restore."""
+    """Restores (params, state, meta) from a checkpoint directory; see Checkpointer.restore.
+
+    Raises:
+      DamagedCheckpointError: the step lacks an item it needs ("state" when state_target is
+        given) or an array cannot be read.
+    """
     directory = pathlib.Path(directory).absolute()
     step = resolve_step(directory, step)
     step_dir = directory / str(step)
+    require_items(directory, step, ("params", "meta", "state")
+                  if with_state and state_target is not None else ("params", "meta"))
     present = {p.name for p in step_dir.iterdir() if p.is_dir()}
-    if "params" not in present or "meta" not in present:
-        raise CheckpointError(f"{step_dir} lacks the 'params' or 'meta' item")
     items = {"params": ocp.args.StandardRestore(params_target), "meta": ocp.args.JsonRestore()}
     if with_state and "state" in present:
         items["state"] = ocp.args.StandardRestore(state_target)
     own = manager is None
-    if own:
-        manager = ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-    try:
-        out = manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # Orbax raises many types for corrupt data
-        raise CheckpointError(f"could not restore {step_dir}: {type(e).__name__}: {e}") from e
-    finally:
+    with quiet_orbax():
         if own:
-            manager.close()
+            manager = ocp.CheckpointManager(
+                directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+        try:
+            out = manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # Orbax raises many types for corrupt data
+            _mute_orphaned_reads()
+            if _is_read_failure(e):
+                raise damaged(directory, step, f"cannot be read: {_short_reason(e)}") from None
+            raise CheckpointError(f"could not restore {step_dir}: {type(e).__name__}: "
+                                  f"{_short_reason(e)}") from None
+        finally:
+            if own:
+                manager.close()
     state = out["state"] if (with_state and "state" in present) else None
     return out["params"], state, dict(out["meta"])
+
+
+def require_items(directory: str | pathlib.Path, step: int, needed=ITEMS) -> None:
+    """Raise DamagedCheckpointError when step `step` lacks one of the `needed` items."""
+    step_dir = pathlib.Path(directory).absolute() / str(step)
+    missing = [name for name in needed if not (step_dir / name).is_dir()]
+    if missing:
+        what = " and ".join(f"'{m}'" for m in missing)
+        why = (" (optimizer, reference policy, rng), so training cannot resume from it"
+               if missing == ["state"] else "")
+        raise damaged(directory, step, f"has no {what} item{why}")
+
+
+def damaged(directory: str | pathlib.Path, step: int, what: str) -> DamagedCheckpointError:
+    """The error for a committed but unreadable `step`, naming the previous complete step."""
+    earlier = [s for s in complete_steps(directory) if s < step]
+    fallback = earlier[-1] if earlier else None
+    tail = (f"; the previous complete step is {fallback}" if fallback is not None
+            else "; there is no earlier complete step")
+    return DamagedCheckpointError(f"checkpoint step {step} in {directory} {what}{tail}",
+                                  step, fallback)
+
+
+# TensorStore's words for data that is missing, truncated or garbled (as opposed to a
+# target that does not match what was saved).
+_READ_FAILURES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "Error reading", "Error decoding",
+                  "error while reading")
+
+
+def _is_read_failure(e: BaseException) -> bool:
+    text = f"{e} {e.__cause__ or ''}"
+    return any(marker in text for marker in _READ_FAILURES)
+
+
+def _short_reason(e: BaseException) -> str:
+    """One line out of an Orbax/TensorStore error (they embed a 60-line TensorStore spec)."""
+    text = str(e)
+    array = re.search(r"'path': '([^'/][^']*)/'", text) or re.search(r'"([^"/]+)/\.z', text)
+    first = text.split(" See full TensorStore details")[0].splitlines()[0] if text else ""
+    first = re.sub(r" index: \(.*\)\.?$", "", first)[:200]
+    return f"array {array.group(1)}: {first}" if array else first or type(e).__name__
+
+
+def _mute_orphaned_reads() -> None:
+    """After a failed restore, Orbax's other pending array reads end as "Exception ignored
+    in <coroutine ...>" tracebacks (hundreds of lines, once per array, some "Event loop is
+    closed") printed when they are garbage-collected. The error raised already says what
+    happened, so those reports are dropped; every other unraisable exception still shows."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_prorl_mutes_orbax", False):
+        return
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        source = getattr(code, "co_filename", "") or ""
+        message = str(unraisable.exc_value)
+        if "orbax" in source or "tensorstore" in source or "Event loop is closed" in message:
+            return
+        previous(unraisable)
+
+    hook._prorl_mutes_orbax = True
+    sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Orbax logs absl WARNINGs for every read-only manager; a reader need not see them."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

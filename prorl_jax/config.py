@@ -92,7 +92,7 @@ KL_KINDS = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl", "k1+", "k3+")
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-    """The GRPO / ProRL objective and batch layout (defaults: ProRL v1, ../shared/recipe.md)."""
+    """The GRPO / ProRL objective and batch layout (defaults: ProRL v1, docs/recipe.md)."""
 
     advantage: str = "grpo"
     norm_adv_by_std: bool = True

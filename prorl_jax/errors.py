@@ -20,3 +20,19 @@ class CheckpointError(UserError):
 
 class DataError(UserError):
     """A dataset file or record is malformed."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint step that looks complete but cannot be read (an item is missing or an
+    array file is truncated).
+
+    Attributes:
+      step: the damaged step.
+      fallback: the newest complete step before it (None when there is none); the
+        command-line layer turns it into "use --step N".
+    """
+
+    def __init__(self, message: str, step: int, fallback: int | None):
+        super().__init__(message)
+        self.step = step
+        self.fallback = fallback

@@ -16,6 +16,26 @@ from prorl_jax.errors import CheckpointError
 
 GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
 
+# Every file a checkpoint's tokenizer may consist of (copied together by save_hf) ...
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model",
+                   "chat_template.jinja", "chat_template.json")
+# ... and those that hold a vocabulary: without one, transformers builds an empty tokenizer
+# from config.json alone, and every prompt later "encodes to no tokens".
+VOCAB_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
+
+
+def has_tokenizer(path: str | pathlib.Path) -> bool:
+    """True when the directory holds a tokenizer vocabulary file."""
+    return any((pathlib.Path(path) / name).is_file() for name in VOCAB_FILES)
+
+
+def require_tokenizer(path: str | pathlib.Path) -> None:
+    """Raise CheckpointError, saying so, when the directory has no tokenizer."""
+    if not has_tokenizer(path):
+        raise CheckpointError(f"{path} has no tokenizer (none of {', '.join(VOCAB_FILES)}); "
+                              "copy the tokenizer files of its base model into it")
+
 
 def load_tokenizer(path: str | pathlib.Path):
     """The tokenizer of a local checkpoint directory (no network).
@@ -26,6 +46,7 @@ def load_tokenizer(path: str | pathlib.Path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = pathlib.Path(path)
+    require_tokenizer(path)
     config_file = path / "tokenizer_config.json"
     declared = None
     if config_file.is_file():

@@ -33,7 +33,7 @@ def test_every_shipped_config_loads(path):
 
 def test_recipe_values_in_prorl_config():
     cfg = load_config(resolve_config_path("prorl_1.5b"))
-    # ../shared/recipe.md: clip-higher 0.2/0.4, k3 KL 1e-4, lr 2e-6, 256 x 16, mini-batch 64.
+    # docs/recipe.md: clip-higher 0.2/0.4, k3 KL 1e-4, lr 2e-6, 256 x 16, mini-batch 64.
     assert (cfg.rl.clip_low, cfg.rl.clip_high, cfg.rl.clip_c) == (0.2, 0.4, 3.0)
     assert (cfg.rl.kl_kind, cfg.rl.kl_coef, cfg.rl.entropy_coef) == ("low_var_kl", 1e-4, 0.0)
     assert cfg.optim.lr == 2e-6 and cfg.sampling.temperature == 1.2 and cfg.sampling.top_p == 1.0

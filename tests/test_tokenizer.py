@@ -32,5 +32,15 @@ def test_declared_generic_tokenizer_keeps_whitespace(char_tokenizer_dir):
 
 
 def test_missing_tokenizer_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="has no tokenizer"):
+        load_tokenizer(tmp_path)
+    # A model directory without tokenizer files: transformers would build an empty tokenizer
+    # from config.json alone (every prompt then "encodes to no tokens"); we say what is missing.
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"has no tokenizer \(none of tokenizer.json"):
+        load_tokenizer(tmp_path)
+    # A vocabulary file that transformers cannot read is still reported as unloadable.
+    (tmp_path / "tokenizer.json").write_text("not json")
     with pytest.raises(CheckpointError, match="no loadable tokenizer"):
         load_tokenizer(tmp_path)

@@ -95,7 +95,9 @@ def run(args) -> int:
     """Run the evaluation described by parsed `args`; returns the exit code."""
     from prorl_jax.eval.data_spec import load_data_spec
     from prorl_jax.eval.passk import parse_ks
-    from prorl_jax.eval.runner import EvalSettings, resolve_model_dir, run_evaluation
+    from prorl_jax.eval.runner import EvalSettings, check_fits_model, run_evaluation
+    from prorl_jax.paths import check_output_dir, resolve_model_dir
+    from prorl_jax.tokenizer import require_tokenizer
 
     if args.label and len(args.label) != len(args.model):
         raise EvalError(f"--label given {len(args.label)} times for {len(args.model)} --model")
@@ -118,8 +120,11 @@ def run(args) -> int:
 
     SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                    max_new_tokens=args.max_new_tokens, n=args.n)
+    check_output_dir(args.out, "--out")
     for spec in args.model:
-        resolve_model_dir(spec)
+        model_dir = resolve_model_dir(spec)
+        check_fits_model(model_dir, settings, spec)
+        require_tokenizer(model_dir)
     records = load_data_spec(args.data, seed=args.data_seed, limit=args.limit,
                              task_config=_parse_task_config(args.task_config))
     run_evaluation(args.model, records, args.out, settings, ks, threshold=args.threshold,

@@ -193,6 +193,20 @@ def _group_table(first_header: str, rows: list[tuple[str, str, dict]], ks: list[
     return lines
 
 
+def passk_lines(report: Mapping[str, Any]) -> list[str]:
+    """pass@k of every model, overall and per task, as Markdown tables (what the CLI prints).
+
+    Args:
+      report: the dict written to results.json (see `build_report`).
+    """
+    summaries, ks = report["models"], report["ks"]
+    labels = list(summaries)
+    tasks = sorted({t for lb in labels for t in summaries[lb]["tasks"]})
+    return [*_group_table("set", [("all", lb, summaries[lb]["overall"]) for lb in labels], ks),
+            "", *_group_table("task", [(t, lb, summaries[lb]["tasks"][t]) for t in tasks
+                                       for lb in labels if t in summaries[lb]["tasks"]], ks)]
+
+
 def boundary_lines(rows: list[dict], base: str) -> list[str]:
     """The boundary comparison as Markdown lines (also what the CLI prints)."""
     if not rows:

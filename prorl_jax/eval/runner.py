@@ -22,7 +22,13 @@ from typing import Any
 
 from prorl_jax.errors import CheckpointError
 from prorl_jax.eval.passk import DEFAULT_THRESHOLD, EvalError, parse_ks
-from prorl_jax.eval.report import boundary_lines, build_report, validation_metrics, write_report
+from prorl_jax.eval.report import (
+    boundary_lines,
+    build_report,
+    passk_lines,
+    validation_metrics,
+    write_report,
+)
 from prorl_jax.eval.store import (
     PromptResult,
     append_results,
@@ -30,8 +36,8 @@ from prorl_jax.eval.store import (
     record_fingerprint,
     record_task,
 )
-
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+from prorl_jax.paths import resolve_model_dir
+from prorl_jax.tokenizer import require_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,18 +210,6 @@ def validate_records(model_cfg, params, formatter, tokenizer, records: Sequence,
 # ----------------------------------------------------------------------- the CLI's driver
 
 
-def resolve_model_dir(spec: str) -> str:
-    """A --model argument -> checkpoint directory ("builtin:NAME" is prorl_jax/assets/NAME).
-
-    Raises:
-      CheckpointError: the directory does not exist.
-    """
-    path = os.path.join(ASSETS, spec[len("builtin:"):]) if spec.startswith("builtin:") else spec
-    if not os.path.isdir(path):
-        raise CheckpointError(f"model directory not found: {spec}")
-    return path
-
-
 def model_labels(specs: Sequence[str]) -> list[str]:
     """Short unique, file-name-safe labels for the models (directory names by default)."""
     def clean(s: str) -> str:
@@ -251,19 +245,41 @@ def stop_token_ids(model_dir: str, tokenizer, model_cfg) -> tuple[int, ...]:
 
 
 def _check_settings(path: str, meta: dict) -> None:
+    """Refuse a rerun whose sampling settings differ from those of the samples on disk."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    diff = [k for k in meta if old.get(k) != meta[k]]
+    if diff:
+        k = diff[0]
+        raise EvalError(f"{path} holds samples made with {k}={old.get(k)!r}, not "
+                        f"{meta[k]!r}; use another --out or the same settings")
+
+
+def _write_settings(path: str, meta: dict) -> None:
+    """Record the settings next to the first samples; a run that fails before any sample
+    is scored leaves no settings behind, so the corrected command may reuse --out."""
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-        diff = [k for k in meta if old.get(k) != meta[k]]
-        if diff:
-            k = diff[0]
-            raise EvalError(f"{path} holds samples made with {k}={old.get(k)!r}, not "
-                            f"{meta[k]!r}; use another --out or the same settings")
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
         f.write("\n")
+
+
+def check_fits_model(model_dir: str, settings: EvalSettings, spec: str | None = None) -> None:
+    """Refuse a response budget the model's positions cannot hold (read from config.json,
+    before anything is loaded or written)."""
+    from prorl_jax.model.hf import read_hf_config
+
+    max_pos = read_hf_config(model_dir).get("max_position_embeddings")
+    if isinstance(max_pos, int) and settings.max_new_tokens >= max_pos:
+        raise EvalError(f"--max-new-tokens {settings.max_new_tokens} does not fit "
+                        f"{spec or model_dir}: the model has {max_pos} positions "
+                        f"(max_position_embeddings) for prompt and response together; use less "
+                        f"than {max_pos}, leaving room for the prompts (e.g. --max-new-tokens "
+                        f"{max_pos // 2})")
 
 
 def _check_same_prompts(path: str, done: dict[str, PromptResult], records: Sequence) -> None:
@@ -277,7 +293,7 @@ def _check_same_prompts(path: str, done: dict[str, PromptResult], records: Seque
 
 def _sample_model(label: str, model_dir: str, pending: Sequence, settings: EvalSettings,
                   score, samples_path: str, total: int, show_progress: bool,
-                  log: Callable[[str], None]) -> None:
+                  log: Callable[[str], None], record_settings: Callable[[], None]) -> None:
     from tqdm import tqdm
 
     from prorl_jax.data import ChatFormatter
@@ -287,13 +303,22 @@ def _sample_model(label: str, model_dir: str, pending: Sequence, settings: EvalS
 
     tokenizer = load_tokenizer(model_dir)
     model_cfg, params = load_hf(model_dir)
+    # A prompt must leave room for the response in the model's positions: longer ones are
+    # skipped and counted like those over max_prompt_tokens.
+    prompt_limit = min(settings.max_prompt_tokens,
+                       model_cfg.max_position_embeddings - settings.max_new_tokens)
     formatter = ChatFormatter(tokenizer, suffixes=dict(settings.suffixes) or None,
-                              max_prompt_tokens=settings.max_prompt_tokens,
+                              max_prompt_tokens=prompt_limit,
                               use_chat_template=settings.use_chat_template)
     sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
                               top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
                               n=settings.n,
                               stop_token_ids=stop_token_ids(model_dir, tokenizer, model_cfg))
+
+    def on_batch(results: list[PromptResult]) -> None:
+        record_settings()
+        append_results(samples_path, results)
+
     bar = tqdm(total=total, initial=total - len(pending), desc=label, unit="prompt",
                file=sys.stderr, disable=not show_progress, dynamic_ncols=True)
     try:
@@ -301,12 +326,12 @@ def _sample_model(label: str, model_dir: str, pending: Sequence, settings: EvalS
                          decode=tokenizer_decoder(tokenizer), score=score, sampling=sampling,
                          seed=settings.seed, batch_prompts=settings.batch_prompts,
                          max_batch_tokens=settings.max_batch_tokens or None,
-                         on_batch=lambda res: append_results(samples_path, res), progress=bar)
+                         on_batch=on_batch, progress=bar)
     finally:
         bar.close()
     if formatter.dropped:
-        log(f"{label}: skipped {formatter.dropped} prompt(s) longer than "
-            f"{settings.max_prompt_tokens} tokens")
+        log(f"{label}: skipped {formatter.dropped} prompt(s) longer than {prompt_limit} "
+            "tokens")
 
 
 def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
@@ -346,6 +371,9 @@ def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
     if not records:
         raise EvalError("no prompts to evaluate")
     dirs = [resolve_model_dir(s) for s in model_specs]
+    for spec, model_dir in zip(model_specs, dirs):
+        check_fits_model(model_dir, settings, spec)
+        require_tokenizer(model_dir)
     labels = list(labels) if labels else model_labels(model_specs)
     if len(labels) != len(dirs) or len(set(labels)) != len(labels):
         raise EvalError(f"need one distinct label per model, got {labels}")
@@ -353,15 +381,21 @@ def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
             raise EvalError(f"model label {label!r}: use letters, digits, '_', '.' and '-' only")
 
+    # Every check before the first sample, so a refused rerun changes nothing.
+    plans = []
+    for label, model_dir in zip(labels, dirs):
+        samples_path = os.path.join(out_dir, "samples", f"{label}.jsonl")
+        settings_path = os.path.join(out_dir, "samples", f"{label}.json")
+        sample_meta = {"model": os.path.abspath(model_dir), **settings.sample_key()}
+        _check_settings(settings_path, sample_meta)
+        done = read_results(samples_path)
+        _check_same_prompts(samples_path, done, records)
+        plans.append((label, model_dir, samples_path, settings_path, sample_meta, done))
+
     pool = None
     try:
         results_by_model: dict[str, list[PromptResult]] = {}
-        for label, model_dir in zip(labels, dirs):
-            samples_path = os.path.join(out_dir, "samples", f"{label}.jsonl")
-            _check_settings(os.path.join(out_dir, "samples", f"{label}.json"),
-                            {"model": os.path.abspath(model_dir), **settings.sample_key()})
-            done = read_results(samples_path)
-            _check_same_prompts(samples_path, done, records)
+        for label, model_dir, samples_path, settings_path, sample_meta, done in plans:
             pending = [r for r in records if str(r.id) not in done]
             if pending:
                 log(f"{label}: sampling {len(pending)} of {len(records)} prompts "
@@ -373,7 +407,8 @@ def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
                                       preload=sorted({r.domain for r in records}))
                 score = pool if pool is not None else _inline_scorer
                 _sample_model(label, model_dir, pending, settings, score, samples_path,
-                              len(records), show_progress, log)
+                              len(records), show_progress, log,
+                              lambda p=settings_path, m=sample_meta: _write_settings(p, m))
                 done = read_results(samples_path)
             else:
                 log(f"{label}: all {len(records)} prompts already sampled in {samples_path}")
@@ -387,7 +422,9 @@ def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
                           model_paths=dict(zip(labels, model_specs)))
     plots = plot_report(report, os.path.join(out_dir, "plots"), rel_to=out_dir)
     json_path, md_path = write_report(out_dir, report, plots)
-    log("\n".join(["", "Reasoning boundary", *boundary_lines(report["boundary"], labels[0])]))
+    log("\n".join(["", "pass@k (%)", *passk_lines(report)]))
+    if len(labels) > 1:
+        log("\n".join(["", "Reasoning boundary", *boundary_lines(report["boundary"], labels[0])]))
     log(f"\nwrote {json_path}, {md_path} and {len(plots)} plot(s) in "
         f"{os.path.join(out_dir, 'plots')}")
     return report

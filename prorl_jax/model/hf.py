@@ -22,6 +22,7 @@ from prorl_jax.errors import CheckpointError, ConfigError
 from prorl_jax.model import qwen
 from prorl_jax.model import safetensors_io as st
 from prorl_jax.model.config import ModelConfig
+from prorl_jax.tokenizer import TOKENIZER_FILES
 
 # hf name ({i} = layer index) -> (path in our params, transform). Entries whose path the
 # config does not create (lm_head when tied, biases, q/k norms) are simply not expected.
@@ -291,19 +292,14 @@ def save_hf(path: str, cfg: ModelConfig, params, tokenizer_dir: str | None = Non
         copy_tokenizer(tokenizer_dir, path)
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model",
-                    "chat_template.jinja", "chat_template.json")
-
-
 def copy_tokenizer(src: str, dst: str) -> list[str]:
     """Copy the tokenizer files of `src` into `dst`; returns the names copied."""
     if not os.path.isdir(src):
         raise CheckpointError(f"tokenizer directory {src} does not exist")
-    copied = [n for n in _TOKENIZER_FILES if os.path.isfile(os.path.join(src, n))]
+    copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(src, n))]
     if not copied:
         raise CheckpointError(f"tokenizer directory {src} holds no tokenizer files "
-                              f"(looked for {', '.join(_TOKENIZER_FILES)})")
+                              f"(looked for {', '.join(TOKENIZER_FILES)})")
     for name in copied:
         shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
     return copied

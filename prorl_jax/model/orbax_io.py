@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 
 from prorl_jax import checkpoint, sharding
-from prorl_jax.errors import CheckpointError, ConfigError
+from prorl_jax.errors import CheckpointError, ConfigError, DamagedCheckpointError
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
 
@@ -59,6 +59,8 @@ def load_orbax(directory: str, step: int | None = None, mesh=None, rules=None):
     try:
         params, _, _ = checkpoint.restore(directory, step, params_target=abstract,
                                           with_state=False)
+    except DamagedCheckpointError:
+        raise
     except CheckpointError as e:
         raise CheckpointError(f"{directory} step {step}: 'params' do not match "
                               f"meta.model_config ({e})") from e

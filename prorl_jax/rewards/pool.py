@@ -202,7 +202,10 @@ class RewardPool:
             self._start_failures += 1
             if self._start_failures >= _MAX_START_FAILURES:
                 self.close()
-                raise RuntimeError(f"reward workers keep failing to start (last exit code {code})")
+                raise RuntimeError(
+                    f"reward workers keep failing to start (last exit code {code}); from a "
+                    "script, create the pool under `if __name__ == \"__main__\":` (spawned "
+                    "workers import the script again, see docs/api.md)")
         self._replace(worker)
 
     def close(self) -> None:

@@ -16,6 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="run directory (default: runs/<config>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run from its latest complete checkpoint")
+    p.add_argument("--step", type=int, default=None, metavar="N",
+                   help="with --resume: resume from checkpoint step N instead of the latest "
+                        "complete one (e.g. when the latest is damaged); later checkpoints are "
+                        "replaced as the run reaches their steps again")
     p.add_argument("--reset-reference", action="store_true",
                    help="with --resume: reset the reference policy to the current policy first")
     p.add_argument("--dry-run", action="store_true",
@@ -30,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("prorl_jax").setLevel(logging.INFO)
     if args.reset_reference and not args.resume:
         raise ConfigError("--reset-reference needs --resume RUN_DIR")
+    if args.step is not None and not args.resume:
+        raise ConfigError("--step needs --resume RUN_DIR")
     if args.resume:
         run_dir = pathlib.Path(args.resume)
         path = run_dir / "config.yaml"
@@ -59,12 +65,23 @@ def run(args: argparse.Namespace) -> int:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = pathlib.Path("runs") / f"{pathlib.Path(path).stem}-{stamp}"
 
+    from prorl_jax.paths import check_output_dir
+
+    check_output_dir(run_dir, "--resume" if args.resume else
+                     "--run-dir" if args.run_dir else "run directory")
+    if args.resume:
+        _check_resume_step(run_dir, args.step)
+
+    from prorl_jax.errors import DamagedCheckpointError
     from prorl_jax.rl.trainer import Trainer
 
     existed = run_dir.exists()
     try:
-        trainer = Trainer(cfg, run_dir, resume=bool(args.resume),
-                          reset_reference=args.reset_reference)
+        try:
+            trainer = Trainer(cfg, run_dir, resume=bool(args.resume),
+                              reset_reference=args.reset_reference, resume_step=args.step)
+        except DamagedCheckpointError as e:
+            raise _with_fallback(e, run_dir) from None
         summary = trainer.run()
     except BaseException:
         if not existed:
@@ -93,6 +110,30 @@ def _discard_failed_start(run_dir: pathlib.Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     print(f"prorl-jax train: removed {run_dir}: the run failed before its first step",
           file=sys.stderr)
+
+
+def _with_fallback(e, run_dir: pathlib.Path):
+    """The damaged-checkpoint error with the command that resumes from the step before."""
+    from prorl_jax.errors import DamagedCheckpointError
+
+    if e.fallback is None:
+        return e
+    return DamagedCheckpointError(f"{e}: resume from it with --resume {run_dir} --step "
+                                  f"{e.fallback}", e.step, e.fallback)
+
+
+def _check_resume_step(run_dir: pathlib.Path, step: int | None) -> None:
+    """Before anything is loaded: the step to resume exists and has all its items."""
+    from prorl_jax import checkpoint
+    from prorl_jax.errors import DamagedCheckpointError
+
+    ckpt_dir = run_dir / "checkpoints"
+    if not checkpoint.complete_steps(ckpt_dir):
+        return  # the trainer says "no complete checkpoint" in its own words
+    try:
+        checkpoint.require_items(ckpt_dir, checkpoint.resolve_step(ckpt_dir, step))
+    except DamagedCheckpointError as e:
+        raise _with_fallback(e, run_dir) from None
 
 
 def format_summary(summary: dict) -> str:

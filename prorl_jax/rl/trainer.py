@@ -31,6 +31,7 @@ from prorl_jax import losses
 from prorl_jax.checkpoint import Checkpointer, complete_steps
 from prorl_jax.config import TrainConfig, to_dict
 from prorl_jax.errors import ConfigError
+from prorl_jax.paths import resolve_model_dir
 from prorl_jax.rl import batch as batching
 from prorl_jax.rl import state as state_lib
 from prorl_jax.rl.metrics_log import MetricsLogger
@@ -40,13 +41,11 @@ from prorl_jax.rl.update import batch_logprobs, make_train_step, micro_weights
 
 log = logging.getLogger(__name__)
 
-ASSETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "assets"
-
 
 def resolve_model_path(path: str) -> pathlib.Path:
     """A local directory, or `builtin:NAME` for a model shipped in prorl_jax/assets."""
     if path.startswith("builtin:"):
-        return ASSETS_DIR / path.split(":", 1)[1]
+        return pathlib.Path(resolve_model_dir(path))  # the one resolver of every command
     return pathlib.Path(path).expanduser()
 
 
@@ -102,7 +101,7 @@ class Trainer:
     """Owns everything of one run; `run()` trains to `cfg.steps` and returns a summary."""
 
     def __init__(self, cfg: TrainConfig, run_dir: str | pathlib.Path, *, resume: bool = False,
-                 reset_reference: bool = False, console=print):
+                 reset_reference: bool = False, console=print, resume_step: int | None = None):
         from prorl_jax.model import hf
         from prorl_jax.sharding import TRAIN_RULES, make_mesh
 
@@ -111,6 +110,7 @@ class Trainer:
         self.console = console
         self.manual_reset = reset_reference
         self._closed = False
+        self.resume_step = resume_step  # None: the latest complete checkpoint
         ckpt_dir = self.run_dir / "checkpoints"
         if not resume and complete_steps(ckpt_dir):
             raise ConfigError(f"{self.run_dir} already holds checkpoints: resume it with "
@@ -205,7 +205,7 @@ class Trainer:
         abstract = lambda t: jax.tree.map(  # noqa: E731
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), t)
         params_t, rest_t = self._split_state()
-        params, rest, meta = self.ckpt.restore(params_target=abstract(params_t),
+        params, rest, meta = self.ckpt.restore(self.resume_step, params_target=abstract(params_t),
                                                state_target=abstract(rest_t))
         self.state = state_lib.TrainState(step=rest["step"], params=params,
                                           opt_state=rest["opt_state"],

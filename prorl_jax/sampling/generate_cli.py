@@ -20,7 +20,8 @@ from prorl_jax.errors import CheckpointError, DataError, UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="HF_DIR",
-                        help="local Hugging Face checkpoint directory (with its tokenizer)")
+                        help="local Hugging Face checkpoint directory (with its tokenizer), "
+                             "or builtin:demo_base")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", metavar="TEXT", help="one prompt")
     src.add_argument("--prompts", metavar="FILE.jsonl",
@@ -109,10 +110,13 @@ def _decode(tokenizer, row, length: int, finished: bool) -> str:
 
 
 def run(args) -> int:
-    if not os.path.isdir(args.model):
-        raise CheckpointError(f"model directory not found: {args.model}")
+    from prorl_jax.paths import check_output_file, resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out:
+        check_output_file(args.out, "--out")
     records = _read_prompts(args)
 
     import dataclasses
@@ -128,14 +132,16 @@ def run(args) -> int:
 
     from prorl_jax.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(model_dir)
     where = args.prompts or "--prompt"
     encoded = [_encode(tokenizer, r["prompt"], args.chat, f"{where} prompt {r['id']}")
                for r in records]
-    cfg, params = load_hf(args.model)
+    cfg, params = load_hf(model_dir)
     sampling = dataclasses.replace(sampling,
-                                   stop_token_ids=_stop_ids(args.model, tokenizer, cfg))
+                                   stop_token_ids=_stop_ids(model_dir, tokenizer, cfg))
 
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     out_file = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115
     plain = args.prompt is not None and out_file is None
     try:

@@ -129,3 +129,29 @@ def test_last_boxed_handles_nested_braces(tool):
     assert tool.last_boxed("a \\boxed{1} then \\boxed{\\frac{1}{2}} end") == "\\frac{1}{2}"
     assert tool.last_boxed("\\boxed{unclosed {") is None
     assert tool.last_boxed("nothing") is None
+
+
+def test_the_command_in_docs_training_md_works(tmp_path):
+    """Every `python tools/prepare_data.py ...` line of docs/training.md, run as written
+    (from a directory holding a tiny input under the documented name)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    root = TOOL.parents[1]
+    lines = [ln.strip() for ln in (root / "docs" / "training.md").read_text().splitlines()
+             if ln.strip().startswith("python tools/prepare_data.py")]
+    assert lines, "docs/training.md shows no prepare_data command"
+    (tmp_path / "tools").symlink_to(root / "tools")
+    # DeepScaleR ships one JSON array.
+    (tmp_path / "deepscaler.json").write_text(json.dumps([{"problem": "Compute $1+1$.",
+                                                           "answer": "2"}]))
+    for line in lines:
+        argv = shlex.split(line)
+        proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+        assert proc.returncode == 0, (line, proc.stderr)
+        out = argv[argv.index("-o") + 1]
+        [rec] = load_source(SourceConfig(kind="jsonl", path=str(tmp_path / out)))
+        assert (rec.domain, rec.ground_truth) == ("math", "2")

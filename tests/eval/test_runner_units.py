@@ -10,6 +10,7 @@ from prorl_jax.eval.passk import EvalError
 from prorl_jax.eval.runner import (
     EvalSettings,
     _check_settings,
+    _write_settings,
     batch_seed,
     model_labels,
     resolve_model_dir,
@@ -54,7 +55,9 @@ def test_batch_seed_depends_on_ids_not_position():
 def test_settings_file_written_then_checked(tmp_path):
     path = str(tmp_path / "s" / "m.json")
     key = EvalSettings(n=4).sample_key()
-    _check_settings(path, key)
+    _check_settings(path, key)  # nothing there yet: accepted, and nothing written
+    assert not (tmp_path / "s").exists()
+    _write_settings(path, key)
     _check_settings(path, dict(key))  # same settings: accepted
     with pytest.raises(EvalError, match="temperature=0.6"):
         _check_settings(path, {**key, "temperature": 1.0})

@@ -81,3 +81,130 @@ def test_convert_errors(src, tmp_path, capsys):
 def test_convert_cli_module_does_not_import_jax():
     code = "import sys, prorl_jax.model.convert_cli; sys.exit('jax' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ----------------------------------------------------------------- newcomer cases (CLI)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def prorl(*args):
+    return subprocess.run([sys.executable, "-m", "prorl_jax", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(proc, *parts):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+def test_builtin_model_recorded_tokenizer_and_no_silent_overwrite(tmp_path):
+    from prorl_jax.paths import resolve_model_dir
+    from prorl_jax.tokenizer import load_tokenizer
+
+    ckpt, out = tmp_path / "ckpt", tmp_path / "hf"
+    proc = prorl("convert", "hf-to-orbax", "--hf", "builtin:demo_base", "--out", str(ckpt),
+                 "--step", "1")
+    assert proc.returncode == 0, proc.stderr
+    # No --tokenizer: the one recorded when the checkpoint was made is copied.
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(ckpt), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "recorded in the checkpoint's meta" in proc.stdout
+    base = resolve_model_dir("builtin:demo_base")
+    assert load_tokenizer(out).encode("1+2") == load_tokenizer(base).encode("1+2")
+    # An existing non-empty directory is refused (nothing touched), or replaced with --force.
+    before = os.path.getmtime(out / "model.safetensors")
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(ckpt), "--out", str(out))
+    assert_one_line_error(proc, f"--out {out} exists and is not empty", "--force")
+    assert os.path.getmtime(out / "model.safetensors") == before
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(ckpt), "--out", str(out), "--force")
+    assert proc.returncode == 0, proc.stderr
+    # --out where a file is.
+    (tmp_path / "file").write_text("x")
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(ckpt), "--out", str(tmp_path / "file"))
+    assert_one_line_error(proc, "file: not a directory")
+    proc = prorl("convert", "hf-to-orbax", "--hf", "builtin:demo_base", "--out",
+                 str(tmp_path / "file" / "ck"))
+    assert_one_line_error(proc, "not a directory", "is a file")
+
+
+def test_tokenizer_from_the_run_config_or_a_clear_warning(src, tmp_path):
+    cfg, params = hf.load_hf(src)  # a checkpoint with no tokenizer of its own
+    run = tmp_path / "run"
+    orbax_io.save_orbax(str(run / "checkpoints"), cfg, params, step=3)
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(run / "checkpoints"), "--out",
+                 str(tmp_path / "a"))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: no tokenizer known" in proc.stderr and "--tokenizer DIR" in proc.stderr
+    assert not (tmp_path / "a" / "tokenizer.json").exists()
+    # A training run records its model in RUN/config.yaml: that tokenizer is used.
+    (run / "config.yaml").write_text("model:\n  path: builtin:demo_base\n")
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(run / "checkpoints"), "--out",
+                 str(tmp_path / "b"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"recorded in {run / 'config.yaml'}" in proc.stdout
+    assert (tmp_path / "b" / "tokenizer.json").is_file()
+    # The run directory itself is accepted for its checkpoints.
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(run), "--out", str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr
+    assert "(step 3)" in proc.stdout and (tmp_path / "c" / "tokenizer.json").is_file()
+
+
+@pytest.fixture()
+def two_steps(src, tmp_path):
+    cfg, params = hf.load_hf(src)
+    ckpt = tmp_path / "ckpt"
+    orbax_io.save_orbax(str(ckpt), cfg, params, step=1)
+    orbax_io.save_orbax(str(ckpt), cfg, params, step=2)
+    return ckpt
+
+
+def _largest_array_file(item_dir):
+    files = [os.path.join(d, f) for d, _, fs in os.walk(item_dir) for f in fs
+             if os.sep + "d" + os.sep in os.path.join(d, f) + os.sep or d.endswith(os.sep + "d")]
+    return max(files, key=os.path.getsize)
+
+
+def test_truncated_array_names_the_step_and_the_fallback(two_steps, tmp_path):
+    victim = _largest_array_file(two_steps / "2" / "params")
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 3)
+    out = tmp_path / "hf"
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(two_steps), "--out", str(out))
+    # One line (no Orbax/asyncio tracebacks), the step, the fallback and how to use it.
+    assert_one_line_error(proc, "checkpoint step 2", "cannot be read", "previous complete step is 1",
+                          f"--ckpt {two_steps} --step 1")
+    assert "Exception ignored" not in proc.stderr and not out.exists()
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(two_steps), "--step", "1", "--out",
+                 str(out))
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("item", ["params", "meta"])
+def test_missing_item_names_the_step_and_the_fallback(two_steps, tmp_path, item):
+    import shutil
+
+    shutil.rmtree(two_steps / "2" / item)
+    proc = prorl("convert", "orbax-to-hf", "--ckpt", str(two_steps), "--out", str(tmp_path / "o"))
+    assert_one_line_error(proc, f"checkpoint step 2 in {two_steps} has no '{item}' item",
+                          "--step 1")
+
+
+def test_a_mismatched_target_is_not_called_damaged(src, tmp_path):
+    from prorl_jax import checkpoint
+    from prorl_jax.errors import DamagedCheckpointError
+
+    cfg, params = hf.load_hf(src)
+    ckpt = str(tmp_path / "ckpt")
+    orbax_io.save_orbax(ckpt, cfg, params, step=1)
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    wrong = jax.tree.map(lambda x: jax.ShapeDtypeStruct(tuple(s + 1 for s in x.shape), x.dtype,
+                                                        sharding=dev), params)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.restore(ckpt, params_target=wrong, with_state=False)
+    assert not isinstance(info.value, DamagedCheckpointError)
+    assert "not compatible with the stored shape" in str(info.value)
+    assert "\n" not in str(info.value)  # one line, not Orbax's multi-line report

@@ -1,6 +1,11 @@
 """`prorl-jax generate` end to end on a tiny checkpoint with its own tokenizer."""
 
 import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -121,3 +126,53 @@ def test_user_errors_exit_2_with_one_line(model_dir, tmp_path, capsys, argv, mes
     code, _, err = _run(argv, capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------- newcomer cases (subprocess)
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def prorl(*args):
+    return subprocess.run([sys.executable, "-m", "prorl_jax", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(proc, *parts):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+def test_builtin_demo_base_and_unusable_out(tmp_path):
+    out = tmp_path / "sub" / "o.jsonl"
+    proc = prorl("generate", "--model", "builtin:demo_base", "--prompt", "1 + 2 =",
+                 "--temperature", "0", "--max-new-tokens", "4", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(out.read_text())["completions"]) == 1
+    proc = prorl("generate", "--model", "builtin:demo_base", "--prompt", "1", "--out",
+                 str(tmp_path))
+    assert_one_line_error(proc, "--out", "is a directory, expected a file name")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    try:
+        proc = prorl("generate", "--model", "builtin:demo_base", "--prompt", "1", "--out",
+                     str(ro / "o.jsonl"))
+        assert_one_line_error(proc, "--out", "ro is not writable")
+        assert list(ro.iterdir()) == []
+    finally:
+        os.chmod(ro, 0o755)
+    proc = prorl("generate", "--model", "builtin:nope", "--prompt", "1")
+    assert_one_line_error(proc, "model directory not found: builtin:nope")
+
+
+def test_model_without_tokenizer_says_so(model_dir, tmp_path):
+    from prorl_jax.tokenizer import TOKENIZER_FILES
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns(*TOKENIZER_FILES))
+    proc = prorl("generate", "--model", str(bare), "--prompt", "the cat")
+    assert_one_line_error(proc, f"{bare} has no tokenizer")
