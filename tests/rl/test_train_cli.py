@@ -50,10 +50,14 @@ def assert_one_line_error(proc, *fragments):
 
 def fake_run(path: pathlib.Path, config_text: str) -> pathlib.Path:
     """A run directory with a config and a checkpoint that passes the completeness test."""
+    from prorl_jax.checkpoint import ITEMS
+
     ckpt = path / "checkpoints" / "5"
-    (ckpt / "params").mkdir(parents=True)
+    (ckpt / "commit_success.txt").parent.mkdir(parents=True)
     (ckpt / "commit_success.txt").write_text("")
-    (ckpt / "params" / "commit_success.txt").write_text("")
+    for item in ITEMS:  # every item present, so the step is not reported as damaged
+        (ckpt / item).mkdir()
+        (ckpt / item / "commit_success.txt").write_text("")
     (path / "config.yaml").write_text(config_text)
     return path
 
