@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from prorl_jax import __version__
+from prorl_jax import __version__, distributed
 from prorl_jax.errors import UserError
 
 COMMANDS = {
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue  # command not built yet
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
+        distributed.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args._run(args) or 0)
+        return distributed.run_command(args, args.command, args._run)
     except UserError as e:
         print(f"prorl-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
