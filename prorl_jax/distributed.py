@@ -248,15 +248,16 @@ def start(args: argparse.Namespace) -> bool:
     return started
 
 
-def run_command(args: argparse.Namespace, name: str, run) -> int:
+def run_command(args: argparse.Namespace, name: str, run, *,
+                multi_process: bool | None = None) -> int:
     """Start-up, then `run(args)`: the CLI's wrapper around every subcommand.
 
     One process: `run`'s result or exception passes through unchanged. Several: a command
-    not in MULTI_PROCESS_COMMANDS is refused (DistributedError, exit 2 everywhere); a
+    not ready for it (`multi_process`, default: `name` in MULTI_PROCESS_COMMANDS) is refused (DistributedError, exit 2 everywhere); a
     failure in this process prints one prefixed line (a traceback for a bug) and ends the
-    process at once with os._exit, skipping jax's shutdown barrier, so it neither waits
-    for peers that may be stuck in a collective nor lets them hang: their heartbeat
-    checks end them within --heartbeat-timeout seconds.
+    process with os._exit, skipping jax's shutdown barrier, so it neither waits for peers
+    that may be stuck in a collective nor lets them hang: their collective breaks off, or
+    their heartbeat checks end them within --heartbeat-timeout seconds.
     """
     if not start(args):
         return int(run(args) or 0)
@@ -264,9 +265,15 @@ def run_command(args: argparse.Namespace, name: str, run) -> int:
     import traceback
 
     prefix = f"[process {process_index()}/{process_count()}] "
-    try:
-        if name not in MULTI_PROCESS_COMMANDS:
+    if not (name in MULTI_PROCESS_COMMANDS if multi_process is None else multi_process):
+        try:
             require_single_process(f"prorl-jax {name}")
+        except DistributedError as e:
+            # Every process refuses alike: a normal exit, whose shutdown barrier lets all of
+            # them leave together with exit 2 (no process outlives the coordinator).
+            print(f"{prefix}prorl-jax {name}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+    try:
         rc = int(run(args) or 0)
         sync(f"prorl-jax {name} finished")
         return rc
@@ -279,6 +286,12 @@ def run_command(args: argparse.Namespace, name: str, run) -> int:
     except BaseException as e:  # noqa: BLE001  (SystemExit too: peers must not wait on us)
         if isinstance(e, SystemExit) and isinstance(e.code, int | None):
             rc = e.code or 0
+        elif _lost_peer(e):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"{prefix}prorl-jax {name}: failed: a collective with the other processes "
+                  f"broke off, so a peer process probably died (see its log first): {first}",
+                  file=sys.stderr)
+            rc = 1
         else:
             print(f"{prefix}prorl-jax {name}: failed:", file=sys.stderr)
             traceback.print_exc()
@@ -286,9 +299,31 @@ def run_command(args: argparse.Namespace, name: str, run) -> int:
     _hard_exit(rc)
 
 
+# Marks of a cross-process collective that lost its peer (gloo on CPU, the coordination
+# service elsewhere), as opposed to a local failure such as running out of memory.
+_PEER_LOSS_MARKS = ("Connection reset by peer", "Connection closed by peer", "Gloo",
+                    "heartbeat", "UNAVAILABLE", "Socket closed")
+
+
+_PRIMARY_EXIT_GRACE_S = 3.0
+
+
+def _lost_peer(e: BaseException) -> bool:
+    import jax
+
+    return isinstance(e, jax.errors.JaxRuntimeError) and any(m in str(e)
+                                                             for m in _PEER_LOSS_MARKS)
+
+
 def _hard_exit(rc: int):
     import sys
+    import time
 
+    if is_primary():
+        # Process 0 hosts the coordination service: when it goes, every process still
+        # running aborts. A failure that all processes hit alike (bad input) should end
+        # each with its own message and exit code, so the others get a moment to go first.
+        time.sleep(_PRIMARY_EXIT_GRACE_S)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -318,9 +353,9 @@ def require_single_process(what: str) -> None:
     if n > 1:
         import jax
 
-    raise DistributedError(f"{what} does not run under multiple processes yet ({n} "
-                           f"processes, {jax.device_count()} devices started); run it as one "
-                           "process (see docs/distributed.md, 'Status')")
+        raise DistributedError(f"{what} does not run under multiple processes yet ({n} "
+                               f"processes, {jax.device_count()} devices started); run it as "
+                               "one process (see docs/distributed.md, 'Status')")
 
 
 class _ProcessPrefix(logging.Filter):
