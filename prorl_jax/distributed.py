@@ -224,6 +224,20 @@ def initialize(launch: Launch | None) -> bool:
         shutdown_timeout_seconds=launch.shutdown_timeout_s)
     if launch.source == "explicit":
         kwargs["cluster_detection_method"] = "deactivate"
+    # jax aborts the process (no exception) when the peers do not all connect within the
+    # timeout, with a message about a dead task; say beforehand what it is waiting for.
+    import sys
+    import threading
+
+    def waiting():
+        print(f"[process {launch.process_id if launch.process_id is not None else '?'}"
+              f"/{launch.num_processes or '?'}] still waiting for all processes to connect to "
+              f"the coordinator {launch.coordinator or '(detected)'} ({launch.source}); giving "
+              f"up after --init-timeout {launch.init_timeout_s} s", file=sys.stderr, flush=True)
+
+    timer = threading.Timer(min(10.0, launch.init_timeout_s / 2), waiting)
+    timer.daemon = True
+    timer.start()
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError, TypeError) as e:
@@ -233,6 +247,8 @@ def initialize(launch: Launch | None) -> bool:
             f"process {launch.process_id} of {launch.num_processes}) failed within "
             f"{launch.init_timeout_s} s: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
+    finally:
+        timer.cancel()
     return True
 
 

@@ -115,3 +115,18 @@ def test_cli_starts_two_processes_and_refuses_train_clearly(tmp_path, run_proces
                          "under multiple processes yet (2 processes, 8 devices started); run "
                          "it as one process (see docs/distributed.md, 'Status')"], explain(procs)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_missing_peer_ends_start_up_within_the_init_timeout(tmp_path, run_processes, explain):
+    # Only process 1 of 2 is started (num-processes says 2, one launch): nobody hosts
+    # the coordinator, so the connection attempt must give up after --init-timeout.
+    procs = run_processes(["-m", "prorl_jax", "train", "--run-dir", str(tmp_path / "run")],
+                          processes=1, timeout=120,
+                          extra=["--num-processes", "2", "--process-id", "1",
+                                 "--init-timeout", "4"])
+    (p,) = procs
+    assert p.rc != 0, explain(procs)
+    assert ("[process 1/2] still waiting for all processes to connect to the coordinator "
+            "127.0.0.1:") in p.stderr, explain(procs)
+    assert "giving up after --init-timeout 4 s" in p.stderr
+    assert p.seconds < 60 and not (tmp_path / "run").exists()
