@@ -57,6 +57,9 @@ def test_checkpoint_and_save_hf_from_two_processes(tmp_path, run_worker, worker,
     host = worker.host_params(cfg, seed=3)
     _same_bits({k: v for k, v in two[0].items() if k.startswith("restored")},
                worker.flat(host, "restored"))
+    _same_bits({k: v for k, v in two[0].items() if k.startswith("loaded")},
+               worker.flat(host, "loaded"))
+    assert two[0]["shardings_kept"]
     assert int(two[0]["step"]) == 5
     assert "two processes" in str(two[0]["meta"])
 

@@ -151,7 +151,13 @@ def checkpoints(directory: str) -> dict:
     got, got_state, meta = ckpt.restore(params_target=abstract[0], state_target=abstract[1])
     ckpt.close()
     hf.save_hf(str(root / "hf"), cfg, params)
+    # load_hf straight into the two-process mesh: each process builds only its own blocks.
+    _, loaded = hf.load_hf(str(root / "hf"), mesh=mesh, rules=TRAIN_RULES)
     out = flat(to_host(got), "restored")
+    out.update(flat(to_host(loaded), "loaded"))
+    out["shardings_kept"] = np.asarray(all(
+        a.sharding == b for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(shardings),
+                                        strict=True)))
     out["step"] = np.asarray(to_host(got_state["step"]))
     out["meta"] = np.asarray(repr(sorted(meta.items())))
     out["addressable"] = np.asarray(all(x.is_fully_addressable for x in jax.tree.leaves(got)))
