@@ -68,28 +68,41 @@ class Launch:
 
 # ---------------------------------------------------------------- command-line flags
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The multi-process flags shared by train / eval / generate / convert."""
+def add_arguments(parser: argparse.ArgumentParser, *, _nested: bool = False) -> None:
+    """The multi-process flags shared by train / eval / generate / convert.
+
+    Call it after the command's own arguments: the flags also go on each of its
+    sub-commands (`convert orbax-to-hf ... --single-process`), with no default there so
+    a value given before the sub-command survives.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                add_arguments(child, _nested=True)
     g = parser.add_argument_group(
         "multi-process (jax.distributed; auto-detected on Cloud TPU, SLURM, Open MPI, Kubernetes)")
-    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+
+    def default(value):
+        return argparse.SUPPRESS if _nested else value
+
+    g.add_argument("--coordinator", metavar="HOST:PORT", default=default(None),
                    help=f"address of process 0's coordinator (env {ENV_COORDINATOR})")
-    g.add_argument("--num-processes", type=int, metavar="N", default=None,
+    g.add_argument("--num-processes", type=int, metavar="N", default=default(None),
                    help=f"number of processes (env {ENV_NUM_PROCESSES})")
-    g.add_argument("--process-id", type=int, metavar="I", default=None,
+    g.add_argument("--process-id", type=int, metavar="I", default=default(None),
                    help=f"this process's id, 0..N-1 (env {ENV_PROCESS_ID})")
-    g.add_argument("--init-timeout", type=int, metavar="S", default=DEFAULT_INIT_TIMEOUT_S,
+    g.add_argument("--init-timeout", type=int, metavar="S", default=default(DEFAULT_INIT_TIMEOUT_S),
                    help="seconds to wait for all processes to connect (default "
                         f"{DEFAULT_INIT_TIMEOUT_S})")
     g.add_argument("--heartbeat-timeout", type=int, metavar="S",
-                   default=DEFAULT_HEARTBEAT_TIMEOUT_S,
+                   default=default(DEFAULT_HEARTBEAT_TIMEOUT_S),
                    help="seconds without a heartbeat after which a process counts as dead "
                         f"and the others stop (default {DEFAULT_HEARTBEAT_TIMEOUT_S})")
     g.add_argument("--shutdown-timeout", type=int, metavar="S",
-                   default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+                   default=default(DEFAULT_SHUTDOWN_TIMEOUT_S),
                    help="seconds a finished process waits for the others to finish (default "
                         f"{DEFAULT_SHUTDOWN_TIMEOUT_S})")
-    g.add_argument("--single-process", action="store_true",
+    g.add_argument("--single-process", action="store_true", default=default(False),
                    help="ignore cluster detection and the JAX_* variables: run as one process")
 
 

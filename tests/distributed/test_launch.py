@@ -129,3 +129,17 @@ def test_non_primary_logging_is_prefixed_warnings_only(monkeypatch, caplog):
 def test_single_process_mesh_may_use_fewer_devices():
     assert jax.process_count() == 1
     assert make_mesh(fsdp=4).devices.size == 4  # multi-process meshes must span all devices
+
+
+def test_flags_reach_every_subcommand_including_convert_directions():
+    from prorl_jax.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "--coordinator", "h:1"],
+                 ["eval", "--model", "m", "--data", "d", "--out", "o", "--coordinator", "h:1"],
+                 ["generate", "--model", "m", "--prompt", "p", "--coordinator", "h:1"],
+                 ["convert", "--coordinator", "h:1", "orbax-to-hf", "--ckpt", "c", "--out", "o"],
+                 ["convert", "orbax-to-hf", "--ckpt", "c", "--out", "o", "--coordinator", "h:1"]):
+        args, _ = parser.parse_known_args(argv)
+        assert args.coordinator == "h:1", argv
+        assert args.init_timeout == distributed.DEFAULT_INIT_TIMEOUT_S and not args.single_process
