@@ -266,15 +266,20 @@ def initialize(launch: Launch | None) -> bool:
 
 
 def start(args: argparse.Namespace) -> bool:
-    """CLI entry: resolve the launch from flags/environment, initialise, set up logging."""
-    started = initialize(launch_from_args(args))
-    if started:
-        setup_logging()
-        import jax
+    """CLI entry: resolve the launch from flags/environment, initialise, set up logging.
 
-        log.info("process %d of %d: %d local / %d global devices", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
-    return started
+    Returns:
+      True when this process is one of several (initialised here or by the caller before).
+    """
+    started = initialize(launch_from_args(args))
+    import jax
+
+    if not (started or jax.distributed.is_initialized()):
+        return False
+    setup_logging()
+    log.info("process %d of %d: %d local / %d global devices", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())
+    return True
 
 
 def run_command(args: argparse.Namespace, name: str, run, *,
@@ -282,8 +287,8 @@ def run_command(args: argparse.Namespace, name: str, run, *,
     """Start-up, then `run(args)`: the CLI's wrapper around every subcommand.
 
     One process: `run`'s result or exception passes through unchanged. Several: a command
-    not ready for it (`multi_process`, default: `name` in MULTI_PROCESS_COMMANDS) is refused (DistributedError, exit 2 everywhere); a
-    failure in this process prints one prefixed line (a traceback for a bug) and ends the
+    not ready for it (`multi_process`; default: `name` in MULTI_PROCESS_COMMANDS) is
+    refused (one line, exit 2 on every process); a failure in this process prints one prefixed line (a traceback for a bug) and ends the
     process with os._exit, skipping jax's shutdown barrier, so it neither waits for peers
     that may be stuck in a collective nor lets them hang: their collective breaks off, or
     their heartbeat checks end them within --heartbeat-timeout seconds.
