@@ -29,8 +29,14 @@ def test_sharded_step_gathers_and_keep_mask_match_one_process(tmp_path, run_work
     msg = str(two[0]["mesh_error"])
     assert msg.startswith("ConfigError") and "= 4 devices" in msg and "8 devices in all" in msg
     # Gathered values are identical on both processes, bit for bit.
-    same = {k: two[0][k] for k in two[0] if k not in ("rows", "mesh_error")}
+    same = {k: two[0][k] for k in two[0] if not k.endswith("rows") and k != "mesh_error"}
     _same_bits(same, {k: two[1][k] for k in same})
+    assert [two[i]["uneven6_rows"].tolist() for i in range(2)] == [[0, 3], [3, 6]]
+    assert [two[i]["uneven5_rows"].tolist() for i in range(2)] == [[0, 5], [0, 5]]
+    for n in (6, 5):
+        x = np.arange(n * 3, dtype=np.int32).reshape(n, 3)
+        np.testing.assert_array_equal(two[0][f"uneven{n}"], x)
+        np.testing.assert_array_equal(two[0][f"uneven{n}_gathered"], x)
 
     one = worker.numerics()  # this process: 1 process x 8 devices, same mesh shape
     for k in ("rewards", "lengths", "keep", "adv"):

@@ -118,6 +118,16 @@ def numerics() -> dict:
     out["keep"] = np.asarray(losses.group_keep_mask(out["rewards"], GROUP))
     out["adv"] = np.asarray(losses.grpo_advantages(out["rewards"], GROUP))
     out["stacked"] = distributed.host_allgather(np.asarray([distributed.process_index()]))
+    # Batches that do not divide data x fsdp = 8: 6 rows go over 'data' only (3 per
+    # process), 5 rows are replicated (each process supplies all of them).
+    for n in (6, 5):
+        x = np.arange(n * 3, dtype=np.int32).reshape(n, 3)
+        r = distributed.local_rows(x.shape, mesh, TRAIN_RULES, ("batch", None))
+        placed = distributed.process_local_batch(x[r], mesh, TRAIN_RULES, ("batch", None),
+                                                 global_rows=n)
+        out[f"uneven{n}"] = to_host(placed)
+        out[f"uneven{n}_gathered"] = distributed.gather_rows(x[r], r, n)
+        out[f"uneven{n}_rows"] = np.asarray([r.start, r.stop])
     if distributed.process_count() > 1:
         try:
             make_mesh(data=1, fsdp=4)
