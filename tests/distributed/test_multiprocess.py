@@ -114,6 +114,15 @@ def test_failed_process_ends_its_peer_without_hanging(tmp_path, run_worker, expl
     assert p0.seconds - p1.seconds < 60, explain(procs)
 
 
+def test_bad_input_on_every_process_is_one_line_and_exit_2_each(tmp_path, run_worker, explain):
+    procs = run_worker("bad", tmp_path, timeout=150)
+    assert [p.rc for p in procs] == [2, 2], explain(procs)
+    for i, p in enumerate(procs):
+        assert (f"[process {i}/2] prorl-jax bad: error: rl.kl_coef must be >= 0, got -1"
+                in p.stderr.splitlines()), explain(procs)
+        assert "Traceback" not in p.stderr
+
+
 def test_cli_starts_two_processes_and_refuses_train_clearly(tmp_path, run_processes, explain):
     procs = run_processes(["-m", "prorl_jax", "train", "--run-dir", str(tmp_path / "run")],
                           timeout=150)

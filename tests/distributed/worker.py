@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
     from prorl_jax import distributed
 
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=("numerics", "checkpoints", "die", "kill"))
+    p.add_argument("scenario", choices=("numerics", "checkpoints", "die", "kill", "bad"))
     p.add_argument("out")
     distributed.add_arguments(p)
     args = p.parse_args(argv)
@@ -209,6 +209,10 @@ def main(argv: list[str]) -> int:
             out = numerics()
         elif args.scenario == "checkpoints":
             out = checkpoints(args.out)
+        elif args.scenario == "bad":
+            from prorl_jax.errors import ConfigError
+
+            raise ConfigError("rl.kl_coef must be >= 0, got -1")  # as every process would
         else:
             out = die(kill=args.scenario == "kill")
         pid = distributed.process_index()
