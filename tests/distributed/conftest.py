@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,29 +42,42 @@ def launch(argv: list[str], *, processes: int = 2, devices: int = 4, timeout: fl
            extra: list[str] = ()) -> list[Proc]:
     """Runs `python argv... --coordinator 127.0.0.1:PORT --num-processes N --process-id I`
     for I in 0..N-1, each with `devices` CPU devices; every process is killed at `timeout`."""
+    import tempfile
+
     port = free_port()
+    logs = pathlib.Path(tempfile.mkdtemp(prefix="prorl_dist_"))
+    # Output goes to files, not pipes: a process must never block on a full pipe while
+    # we wait for another one.
+    outs = [(open(logs / f"{i}.out", "w+"), open(logs / f"{i}.err", "w+"))
+            for i in range(processes)]
     t0 = time.monotonic()
     procs = [subprocess.Popen(
         [sys.executable, *argv, "--coordinator", f"127.0.0.1:{port}",
          "--num-processes", str(processes), "--process-id", str(i), *extra],
-        cwd=REPO, env=child_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for i in range(processes)]
-    results: list[Proc | None] = [None] * processes
+        cwd=REPO, env=child_env(devices), stdout=outs[i][0], stderr=outs[i][1], text=True)
+        for i in range(processes)]
+    ended = [0.0] * processes
     try:
-        for i, p in enumerate(procs):
-            left = max(1.0, timeout - (time.monotonic() - t0))
-            try:
-                out, err = p.communicate(timeout=left)
-            except subprocess.TimeoutExpired:
-                for q in procs:
-                    q.kill()
-                pytest.fail(f"process {i} of {argv} still running after {timeout} s (hang)")
-            results[i] = Proc(p.returncode, out, err, time.monotonic() - t0)
+        while any(p.poll() is None for p in procs):
+            for i, p in enumerate(procs):
+                if p.poll() is not None and not ended[i]:
+                    ended[i] = time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                hung = [i for i, p in enumerate(procs) if p.poll() is None]
+                pytest.fail(f"processes {hung} of {argv} still running after {timeout} s (hang)")
+            time.sleep(0.1)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    results = []
+    for i, p in enumerate(procs):
+        out, err = (f.seek(0) or f.read() for f in outs[i])
+        for f in outs[i]:
+            f.close()
+        results.append(Proc(p.returncode, out, err, ended[i] or time.monotonic() - t0))
+    shutil.rmtree(logs, ignore_errors=True)
     return results
 
 
