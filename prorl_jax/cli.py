@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from prorl_jax import __version__
+from prorl_jax import __version__, distributed
 from prorl_jax.errors import UserError
 
 COMMANDS = {
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue  # command not built yet
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
+        distributed.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(isinstance(f, _NoTorchBanner) for f in hf_logger.filters):
         hf_logger.addFilter(_NoTorchBanner())
     try:
-        return int(args._run(args) or 0)
+        return distributed.run_command(args, args.command, args._run)
     except UserError as e:
         print(f"prorl-jax {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -78,7 +78,8 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Me
     Returns:
       jax.sharding.Mesh of shape (data, fsdp, tensor).
     Raises:
-      ConfigError when a size is < 1 or more devices are requested than exist.
+      ConfigError when a size is < 1, more devices are requested than exist, or (with
+      several processes) the mesh does not span every global device.
     """
     sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
     for name, size in sizes.items():
@@ -90,6 +91,12 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Me
         raise ConfigError(
             f"mesh data={data} x fsdp={fsdp} x tensor={tensor} needs {need} devices, "
             f"but only {len(devices)} are available")
+    if jax.process_count() > 1 and need != jax.device_count():
+        # Every process must own part of the mesh, or it could not run its share.
+        raise ConfigError(
+            f"mesh data={data} x fsdp={fsdp} x tensor={tensor} = {need} devices, but the "
+            f"{jax.process_count()} processes hold {jax.device_count()} devices in all: "
+            f"a multi-process mesh must span every device")
     grid = np.array(devices[:need], dtype=object).reshape(data, fsdp, tensor)
     # jax.make_mesh defaults to Explicit axes; Auto keeps sharding propagation to XLA.
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

@@ -237,7 +237,8 @@ def save_hf(path: str, cfg: ModelConfig, params, tokenizer_dir: str | None = Non
       path: output directory (created; existing model files are overwritten).
       cfg: the architecture; must be expressible as a transformers Qwen2/Qwen3 config.
       params: as from init_params / load_hf (sharded arrays are gathered one layer at a time;
-        single-process meshes only).
+        under several processes every process must call save_hf: all take part in each
+        gather and process 0 alone writes the directory).
       tokenizer_dir: when given, its tokenizer files are copied alongside.
       max_shard_bytes: shard size limit; above it tensors go to model-0000k-of-0000n files
         with a model.safetensors.index.json.
@@ -266,10 +267,19 @@ def save_hf(path: str, cfg: ModelConfig, params, tokenizer_dir: str | None = Non
 
     def fetch(name: str) -> np.ndarray:
         p, transform, layer, shape = expected[name]
-        leaf = _get(params, p)
-        value = np.asarray(leaf if layer is None else leaf[layer])
-        return _to_hf(transform, value, shape)
+        return _to_hf(transform, _host_value(_get(params, p), layer), shape)
 
+    # Several processes: params span devices no single process can read, so every
+    # process takes part in gathering each tensor (collectives, same order everywhere)
+    # and only process 0 writes.
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        leaves = jax.tree.leaves(params)
+        if not all(getattr(x, "is_fully_addressable", True) for x in leaves):
+            for names in shards:
+                for name in names:
+                    fetch(name)
+        _sync("prorl_jax.save_hf")
+        return
     os.makedirs(path, exist_ok=True)
     for stale in os.listdir(path):
         if stale.startswith("model") and (stale.endswith(".safetensors") or stale.endswith(".index.json")):
@@ -290,6 +300,23 @@ def save_hf(path: str, cfg: ModelConfig, params, tokenizer_dir: str | None = Non
     _write_json(os.path.join(path, "generation_config.json"), generation)
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, path)
+    _sync("prorl_jax.save_hf")
+
+
+def _host_value(leaf, layer: int | None) -> np.ndarray:
+    """One tensor (one layer of a stacked one) as a host array, gathered if need be."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        part = leaf if layer is None else leaf[layer]
+        return np.asarray(multihost_utils.process_allgather(part, tiled=True))
+    return np.asarray(leaf if layer is None else leaf[layer])
+
+
+def _sync(name: str) -> None:
+    from prorl_jax.distributed import sync
+
+    sync(name)
 
 
 def copy_tokenizer(src: str, dst: str) -> list[str]:

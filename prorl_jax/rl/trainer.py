@@ -102,9 +102,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: str | pathlib.Path, *, resume: bool = False,
                  reset_reference: bool = False, console=print, resume_step: int | None = None):
+        from prorl_jax.distributed import require_single_process
         from prorl_jax.model import hf
         from prorl_jax.sharding import TRAIN_RULES, make_mesh
 
+        require_single_process("the Trainer")  # docs/distributed.md, "Status"
         self.cfg = cfg
         self.run_dir = pathlib.Path(run_dir)
         self.console = console
