@@ -199,14 +199,18 @@ def blockwise(q, k, v, mask: AttnMask, *, scale: float, block_q: int, block_kv: 
     to whole blocks; padded keys belong to no segment). For query block i a loop runs over
     key blocks 0 .. last(i), the last one holding a key at or before the block's last
     query slot: the blocks above the diagonal are never computed (about half the work at
-    S == T). Scores, running max and sum are float32. The backward pass (custom VJP)
-    recomputes each block's probabilities from the saved log-sum-exp, so neither pass
-    holds more than one [B, K, G, block_q, block_kv] score tile.
+    S == T). With padding or packing, a tile whose query and key segment-id ranges are
+    disjoint in every row is skipped too (lax.cond): in a packed row, a sequence's
+    queries do not pay for the earlier sequences' keys. Scores, running max and sum are
+    float32. The backward pass (custom VJP) recomputes each visited tile's probabilities
+    from the saved log-sum-exp, so neither pass holds more than one
+    [B, K, G, block_q, block_kv] score tile.
     """
     T, S = q.shape[1], k.shape[2]
     bq, bk = min(block_q, T), min(block_kv, S)
     return _flash(q, k, v, mask.q_segment, mask.kv_segment,
-                  jnp.asarray(mask.q_offset, jnp.int32), float(scale), bq, bk)
+                  jnp.asarray(mask.q_offset, jnp.int32), float(scale), bq, bk,
+                  not mask.causal_only)
 
 
 def _pad_to(x, axis, n, value):
@@ -215,35 +219,59 @@ def _pad_to(x, axis, n, value):
     return jnp.pad(x, pad, constant_values=value)
 
 
-def _blocks(q, k, v, q_seg, kv_seg, bq, bk):
-    """Inputs cut into blocks on a leading axis:
-    q [nq, B, K, G, bq, H], k / v [nk, B, K, bk, H], q_seg [nq, B, bq], kv_seg [nk, B, bk]."""
+def _seg_blocks(seg, n, b, pad_value):
+    """[B, L] segment ids -> [n, B, b] per block."""
+    B = seg.shape[0]
+    return _pad_to(seg, 1, n * b, pad_value).reshape(B, n, b).transpose(1, 0, 2)
+
+
+def _blocks(q, k, v, bq, bk):
+    """q [nq, B, K, G, bq, H] and k / v [nk, B, K, bk, H]: the inputs cut into blocks."""
     B, T, K, G, H = q.shape
     S = k.shape[2]
     nq, nk = -(-T // bq), -(-S // bk)
     qb = _pad_to(q, 1, nq * bq, 0).reshape(B, nq, bq, K, G, H).transpose(1, 0, 3, 4, 2, 5)
     kb = _pad_to(k, 2, nk * bk, 0).reshape(B, K, nk, bk, H).transpose(2, 0, 1, 3, 4)
     vb = _pad_to(v, 2, nk * bk, 0).reshape(B, K, nk, bk, H).transpose(2, 0, 1, 3, 4)
-    # Padded queries and keys get segments -1 / -2: they match nothing real or padded.
-    qsb = _pad_to(q_seg, 1, nq * bq, -1).reshape(B, nq, bq).transpose(1, 0, 2)
-    ksb = _pad_to(kv_seg, 1, nk * bk, -2).reshape(B, nk, bk).transpose(1, 0, 2)
-    return qb, kb, vb, qsb, ksb
+    return qb, kb, vb
 
 
-def _unblock_q(xb, T):
-    """[nq, B, K, G, bq, ...] -> [B, T, K, G, ...]."""
-    nq, B, K, G, bq = xb.shape[:5]
-    rest = xb.shape[5:]
-    x = jnp.moveaxis(xb, 4, 1).reshape(nq * bq, B, K, G, *rest)
-    return jnp.moveaxis(x, 0, 1)[:, :T]
+class _Tiles:
+    """Block geometry and masks shared by the forward and both backward passes."""
 
+    def __init__(self, q_seg, kv_seg, q_offset, bq, bk, skip_segments):
+        self.bq, self.bk, self.q_offset = bq, bk, q_offset
+        self.nq, self.nk = -(-q_seg.shape[1] // bq), -(-kv_seg.shape[1] // bk)
+        # Padded queries and keys get segments -1 / -2: they match nothing real or padded.
+        self.qs = _seg_blocks(q_seg, self.nq, bq, -1)  # [nq, B, bq]
+        self.ks = _seg_blocks(kv_seg, self.nk, bk, -2)  # [nk, B, bk]
+        self.skip_segments = skip_segments
+        if skip_segments:
+            self.q_range = self.qs.min(-1), self.qs.max(-1)  # [nq, B] each
+            self.k_range = self.ks.min(-1), self.ks.max(-1)  # [nk, B] each
 
-def _tile_allowed(q_offset, i, j, qs, ks, bq, bk):
-    """bool [B, 1, 1, bq, bk]: the causal + segment rule on query block i x key block j."""
-    q_slot = q_offset + i * bq + jnp.arange(bq)
-    k_slot = j * bk + jnp.arange(bk)
-    ok = (k_slot[None, :] <= q_slot[:, None])[None] & (qs[:, :, None] == ks[:, None, :])
-    return ok[:, None, None]
+    def allowed(self, i, j):
+        """bool [B, 1, 1, bq, bk]: the causal + segment rule on query block i x key block j."""
+        q_slot = self.q_offset + i * self.bq + jnp.arange(self.bq)
+        k_slot = j * self.bk + jnp.arange(self.bk)
+        qs, ks = self.qs[i], self.ks[j]
+        ok = (k_slot[None, :] <= q_slot[:, None])[None] & (qs[:, :, None] == ks[:, None, :])
+        return ok[:, None, None]
+
+    def last_kv_block(self, i):
+        return _last_kv_block(self.q_offset, i, self.bq, self.bk, self.nk)
+
+    def first_q_block(self, j):
+        return _first_q_block(self.q_offset, j, self.bq, self.bk, self.nq)
+
+    def visit(self, i, j, body, carry):
+        """body(carry) on tile (i, j), or carry unchanged when no row's query segment-id
+        range [min, max] meets its key range (then no pair of the tile can match)."""
+        if not self.skip_segments:
+            return body(carry)
+        (q_lo, q_hi), (k_lo, k_hi) = self.q_range, self.k_range
+        meet = jnp.any((q_lo[i] <= k_hi[j]) & (k_lo[j] <= q_hi[i]))
+        return jax.lax.cond(meet, body, lambda c: c, carry)
 
 
 def _last_kv_block(q_offset, i, bq, bk, nk):
@@ -260,106 +288,116 @@ def _scores(qi, kj, scale):
     return jnp.einsum("BKGtH,BKsH->BKGts", qi, kj, preferred_element_type=jnp.float32) * scale
 
 
-def _forward_blocks(qb, kb, vb, qsb, ksb, q_offset, scale, bq, bk):
+def _forward_blocks(qb, kb, vb, tiles: _Tiles, scale):
     """out [nq, B, K, G, bq, H] (q dtype) and lse float32 [nq, B, K, G, bq]."""
-    nq, nk = qb.shape[0], kb.shape[0]
     dt = qb.dtype
 
     def q_block(_, xs):
-        qi, qs, i = xs
-        B, K, G = qi.shape[:3]
+        qi, i = xs
+        B, K, G, bq = qi.shape[:4]
 
         def kv_block(j, carry):
-            m, l, acc = carry
-            ok = _tile_allowed(q_offset, i, j, qs, ksb[j], bq, bk)
-            s = jnp.where(ok, _scores(qi, kb[j], scale), _NEG)
-            m_new = jnp.maximum(m, s.max(-1))
-            p = jnp.where(ok, jnp.exp(s - m_new[..., None]), 0.0)
-            alpha = jnp.exp(m - m_new)
-            l = alpha * l + p.sum(-1)
-            pv = jnp.einsum("BKGts,BKsH->BKGtH", p.astype(dt), vb[j],
-                            preferred_element_type=jnp.float32)
-            return m_new, l, alpha[..., None] * acc + pv
+            def tile(carry):
+                m, l, acc = carry
+                ok = tiles.allowed(i, j)
+                s = jnp.where(ok, _scores(qi, kb[j], scale), _NEG)
+                m_new = jnp.maximum(m, s.max(-1))
+                p = jnp.where(ok, jnp.exp(s - m_new[..., None]), 0.0)
+                alpha = jnp.exp(m - m_new)
+                pv = jnp.einsum("BKGts,BKsH->BKGtH", p.astype(dt), vb[j],
+                                preferred_element_type=jnp.float32)
+                return m_new, alpha * l + p.sum(-1), alpha[..., None] * acc + pv
+            return tiles.visit(i, j, tile, carry)
 
         init = (jnp.full((B, K, G, bq), _NEG, jnp.float32), jnp.zeros((B, K, G, bq), jnp.float32),
                 jnp.zeros(qi.shape, jnp.float32))
-        m, l, acc = jax.lax.fori_loop(0, _last_kv_block(q_offset, i, bq, bk, nk), kv_block, init)
+        m, l, acc = jax.lax.fori_loop(0, tiles.last_kv_block(i), kv_block, init)
         empty = l == 0  # a query that sees no key (padding): output 0
         out = (acc / jnp.where(empty, 1.0, l)[..., None]).astype(dt)
         lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, l)))
         return None, (out, lse)
 
-    _, (ob, lse) = jax.lax.scan(q_block, None, (qb, qsb, jnp.arange(nq)))
+    _, (ob, lse) = jax.lax.scan(q_block, None, (qb, jnp.arange(tiles.nq)))
     return ob, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _flash(q, k, v, q_seg, kv_seg, q_offset, scale, bq, bk):
-    out, _ = _flash_fwd(q, k, v, q_seg, kv_seg, q_offset, scale, bq, bk)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _flash(q, k, v, q_seg, kv_seg, q_offset, scale, bq, bk, skip_segments):
+    out, _ = _flash_fwd(q, k, v, q_seg, kv_seg, q_offset, scale, bq, bk, skip_segments)
     return out
 
 
-def _flash_fwd(q, k, v, q_seg, kv_seg, q_offset, scale, bq, bk):
-    qb, kb, vb, qsb, ksb = _blocks(q, k, v, q_seg, kv_seg, bq, bk)
-    ob, lse = _forward_blocks(qb, kb, vb, qsb, ksb, q_offset, scale, bq, bk)
-    out = _unblock_q(ob, q.shape[1])
-    return out, (qb, kb, vb, qsb, ksb, q_offset, ob, lse, q.shape[1], k.shape[2])
+def _flash_fwd(q, k, v, q_seg, kv_seg, q_offset, scale, bq, bk, skip_segments):
+    qb, kb, vb = _blocks(q, k, v, bq, bk)
+    tiles = _Tiles(q_seg, kv_seg, q_offset, bq, bk, skip_segments)
+    ob, lse = _forward_blocks(qb, kb, vb, tiles, scale)
+    return _unblock_q(ob, q.shape[1]), (qb, kb, vb, q_seg, kv_seg, q_offset, ob, lse)
 
 
-def _flash_bwd(scale, bq, bk, res, g):
+def _unblock_q(xb, T):
+    """[nq, B, K, G, bq, ...] -> [B, T, K, G, ...]."""
+    nq, B, K, G, bq = xb.shape[:5]
+    x = jnp.moveaxis(xb, 4, 1).reshape(nq * bq, B, K, G, *xb.shape[5:])
+    return jnp.moveaxis(x, 0, 1)[:, :T]
+
+
+def _flash_bwd(scale, bq, bk, skip_segments, res, g):
     """Flash-attention-2 backward: dq over query blocks, then dk / dv over key blocks,
     each recomputing the probabilities p = exp(s - lse) of the tiles it visits."""
-    qb, kb, vb, qsb, ksb, q_offset, ob, lse, T, S = res
-    nq, nk = qb.shape[0], kb.shape[0]
+    qb, kb, vb, q_seg, kv_seg, q_offset, ob, lse = res
+    tiles = _Tiles(q_seg, kv_seg, q_offset, bq, bk, skip_segments)
     dt = qb.dtype
-    B, T_, K, G, H = g.shape
-    gb = _pad_to(g, 1, nq * bq, 0).reshape(B, nq, bq, K, G, H).transpose(1, 0, 3, 4, 2, 5)
+    B, T, K, G, H = g.shape
+    S = kv_seg.shape[1]
+    gb = _pad_to(g, 1, tiles.nq * bq, 0).reshape(B, tiles.nq, bq, K, G, H)
+    gb = gb.transpose(1, 0, 3, 4, 2, 5)  # [nq, B, K, G, bq, H]
     # delta_t = sum_s p_ts dp_ts = do_t . o_t  [nq, B, K, G, bq]
     delta = jnp.sum(gb.astype(jnp.float32) * ob.astype(jnp.float32), axis=-1)
 
-    def probs(qi, qs, lse_i, i, j):
-        ok = _tile_allowed(q_offset, i, j, qs, ksb[j], bq, bk)
-        return jnp.where(ok, jnp.exp(_scores(qi, kb[j], scale) - lse_i[..., None]), 0.0)
+    def tile_grads(i, j):
+        """p and ds = p * (dp - delta) of tile (i, j), float32 [B, K, G, bq, bk]."""
+        qi, gi = qb[i], gb[i]
+        p = jnp.where(tiles.allowed(i, j),
+                      jnp.exp(_scores(qi, kb[j], scale) - lse[i][..., None]), 0.0)
+        dp = jnp.einsum("BKGtH,BKsH->BKGts", gi, vb[j], preferred_element_type=jnp.float32)
+        return p, p * (dp - delta[i][..., None])
 
-    def dq_block(_, xs):
-        qi, qs, gi, lse_i, d_i, i = xs
-
+    def dq_block(_, i):
         def kv_block(j, dq):
-            p = probs(qi, qs, lse_i, i, j)
-            dp = jnp.einsum("BKGtH,BKsH->BKGts", gi, vb[j], preferred_element_type=jnp.float32)
-            ds = (p * (dp - d_i[..., None])).astype(dt)
-            return dq + jnp.einsum("BKGts,BKsH->BKGtH", ds, kb[j],
-                                   preferred_element_type=jnp.float32)
+            def tile(dq):
+                _, ds = tile_grads(i, j)
+                return dq + jnp.einsum("BKGts,BKsH->BKGtH", ds.astype(dt), kb[j],
+                                       preferred_element_type=jnp.float32)
+            return tiles.visit(i, j, tile, dq)
 
-        dq = jax.lax.fori_loop(0, _last_kv_block(q_offset, i, bq, bk, nk), kv_block,
-                               jnp.zeros(qi.shape, jnp.float32))
+        dq = jax.lax.fori_loop(0, tiles.last_kv_block(i), kv_block,
+                               jnp.zeros(qb.shape[1:], jnp.float32))
         return None, (dq * scale).astype(dt)
 
-    _, dqb = jax.lax.scan(dq_block, None, (qb, qsb, gb, lse, delta, jnp.arange(nq)))
+    _, dqb = jax.lax.scan(dq_block, None, jnp.arange(tiles.nq))
 
     def dkv_block(_, j):
         def q_block(i, carry):
-            dk, dv = carry
-            qi, qs, gi = qb[i], qsb[i], gb[i]
-            p = probs(qi, qs, lse[i], i, j)
-            dv = dv + jnp.einsum("BKGts,BKGtH->BKsH", p.astype(dt), gi,
-                                 preferred_element_type=jnp.float32)
-            dp = jnp.einsum("BKGtH,BKsH->BKGts", gi, vb[j], preferred_element_type=jnp.float32)
-            ds = (p * (dp - delta[i][..., None])).astype(dt)
-            dk = dk + jnp.einsum("BKGts,BKGtH->BKsH", ds, qi, preferred_element_type=jnp.float32)
-            return dk, dv
+            def tile(carry):
+                dk, dv = carry
+                p, ds = tile_grads(i, j)
+                dv = dv + jnp.einsum("BKGts,BKGtH->BKsH", p.astype(dt), gb[i],
+                                     preferred_element_type=jnp.float32)
+                dk = dk + jnp.einsum("BKGts,BKGtH->BKsH", ds.astype(dt), qb[i],
+                                     preferred_element_type=jnp.float32)
+                return dk, dv
+            return tiles.visit(i, j, tile, carry)
 
         zeros = jnp.zeros(kb.shape[1:], jnp.float32)
-        dk, dv = jax.lax.fori_loop(_first_q_block(q_offset, j, bq, bk, nq), nq, q_block,
-                                   (zeros, zeros))
+        dk, dv = jax.lax.fori_loop(tiles.first_q_block(j), tiles.nq, q_block, (zeros, zeros))
         return None, ((dk * scale).astype(dt), dv.astype(dt))
 
-    _, (dkb, dvb) = jax.lax.scan(dkv_block, None, jnp.arange(nk))
-    dq = _unblock_q(dqb, T)
+    _, (dkb, dvb) = jax.lax.scan(dkv_block, None, jnp.arange(tiles.nk))
+    nk = tiles.nk
     # [nk, B, K, bk, H] -> [B, K, S, H]
     dk = dkb.transpose(1, 2, 0, 3, 4).reshape(B, K, nk * bk, H)[:, :, :S]
     dv = dvb.transpose(1, 2, 0, 3, 4).reshape(B, K, nk * bk, H)[:, :, :S]
-    return dq, dk, dv, None, None, None
+    return _unblock_q(dqb, T), dk, dv, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
