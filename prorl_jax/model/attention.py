@@ -39,7 +39,7 @@ _NEG = float(jnp.finfo(jnp.float32).min)  # finite "minus infinity": no inf - in
 # whenever dense's float32 scores of one layer would take more than _DENSE_MEMORY_SHARE of
 # the device memory. The crossover was measured with tools/bench_attention.py (see
 # docs/performance.md).
-CPU_BLOCKWISE_MIN_SCORES = 2048 * 2048
+CPU_BLOCKWISE_MIN_SCORES = 1024 * 1024
 _DENSE_MEMORY_SHARE = 0.125
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def dense_allowed(mask: AttnMask, T: int, S: int) -> jax.Array:
     return causal[None] & (ks != 0) & ((qs == ks) | (qs == 0))
 
 
-def attend(q, k, v, mask: AttnMask, *, impl: str = "auto", block_q: int = 512,
-           block_kv: int = 512, interpret: bool = False):
+def attend(q, k, v, mask: AttnMask, *, impl: str = "auto", block_q: int = 128,
+           block_kv: int = 256, interpret: bool = False):
     """Causal attention of T queries over S key slots.
 
     Args:
@@ -464,8 +464,8 @@ def check_backend(impl: str, dtype, head_dim: int = 128) -> None:
             H=head_dim)
 
 
-def score_bytes(impl: str, B: int, N: int, T: int, S: int, block_q: int = 512,
-                block_kv: int = 512) -> int:
+def score_bytes(impl: str, B: int, N: int, T: int, S: int, block_q: int = 128,
+                block_kv: int = 256) -> int:
     """Bytes of one float32 score tensor the implementation materialises (planning)."""
     if impl == "dense":
         return 4 * B * N * T * S

@@ -237,3 +237,14 @@ def test_blockwise_packed_segments_match_dense_with_grads():
                                atol=2e-6 * float(jnp.abs(dense).max()))
     for gd, gb in zip(g_dense, g_block, strict=True):
         assert float(jnp.abs(gd - gb).max()) <= 1e-5 * float(jnp.abs(gd).max())
+
+
+def test_yaml_keys_reach_the_model_config():
+    from prorl_jax.config import load_config
+
+    cfg = load_config(None, ["model.attention_impl=blockwise", "model.attention_block_q=128"])
+    numerics = cfg.model.numerics()
+    assert ModelConfig(**numerics).attention_impl == "blockwise"
+    assert ModelConfig(**numerics).attention_block_q == 128
+    with pytest.raises(ConfigError, match="model.attention_impl"):
+        load_config(None, ["model.attention_impl=flash"])
