@@ -39,7 +39,7 @@ _NEG = float(jnp.finfo(jnp.float32).min)  # finite "minus infinity": no inf - in
 # whenever dense's float32 scores of one layer would take more than _DENSE_MEMORY_SHARE of
 # the device memory. The crossover was measured with tools/bench_attention.py (see
 # docs/performance.md).
-CPU_BLOCKWISE_MIN_SCORES = 1024 * 1024
+CPU_BLOCKWISE_MIN_SCORES = 512 * 512
 _DENSE_MEMORY_SHARE = 0.125
 
 log = logging.getLogger(__name__)
