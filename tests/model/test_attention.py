@@ -274,3 +274,26 @@ def test_blockwise_sharded_equals_single_device():
     assert len(got.sharding.device_set) == 8
     real = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(got)[real], ref[real], atol=1e-5, rtol=0)
+
+
+def test_blockwise_bfloat16_is_close_to_float32_dense():
+    """bf16 inputs: the blockwise output and gradients stay within bf16 rounding of the
+    float32 reference (scores, max and sum are float32 inside)."""
+    q, k, v, mask, seg = _segment_case(np.random.default_rng(6))
+    real = (seg > 0)[..., None, None, None]
+
+    def run(impl, dtype):
+        def f(q, k, v):
+            out = attention.attend(q, k, v, mask, impl=impl, block_q=32, block_kv=64)
+            return jnp.sum(jnp.where(real, out.astype(jnp.float32), 0.0) ** 2), out
+        args = [x.astype(dtype) for x in (q, k, v)]
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(*args)
+
+    (_, ref), g_ref = run("dense", jnp.float32)
+    (_, got), g_got = run("blockwise", jnp.bfloat16)
+    assert got.dtype == jnp.bfloat16
+    err = jnp.abs(jnp.where(real, got.astype(jnp.float32) - ref, 0)).max()
+    assert float(err) <= 2e-2 * float(jnp.abs(ref).max())
+    for gr, gg in zip(g_ref, g_got, strict=True):
+        assert gg.dtype == jnp.bfloat16
+        assert float(jnp.abs(gg.astype(jnp.float32) - gr).max()) <= 3e-2 * float(jnp.abs(gr).max())
