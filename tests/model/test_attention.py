@@ -297,3 +297,21 @@ def test_blockwise_bfloat16_is_close_to_float32_dense():
     for gr, gg in zip(g_ref, g_got, strict=True):
         assert gg.dtype == jnp.bfloat16
         assert float(jnp.abs(gg.astype(jnp.float32) - gr).max()) <= 3e-2 * float(jnp.abs(gr).max())
+
+
+def test_auto_logs_its_pick_once_per_shape(caplog):
+    caplog.set_level("INFO", logger="prorl_jax.model.attention")
+    for _ in range(3):
+        attention.resolve("auto", backend="cpu", dtype="float32", B=3, N=5, T=777, S=777, H=8)
+    picks = [r for r in caplog.records if "T=777" in r.getMessage()]
+    assert len(picks) == 1 and "blockwise" in picks[0].getMessage()
+
+
+def test_trainer_refuses_an_impl_the_backend_lacks_before_writing(tmp_path):
+    from prorl_jax.config import load_config
+    from prorl_jax.rl.trainer import Trainer
+
+    cfg = load_config(None, ["model.attention_impl=splash"])
+    with pytest.raises(ConfigError, match="model.attention_impl='splash' needs a TPU"):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
