@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from prorl_jax.errors import ConfigError
-from prorl_jax.sampling.settings import check_engine_settings
 from prorl_jax.model.config import ModelConfig
+from prorl_jax.sampling.settings import check_engine_settings
 
 # Shipped configs live in the repository's configs/ (an editable install finds them there).
 CONFIG_DIRS = (pathlib.Path(__file__).resolve().parent.parent / "configs",

@@ -299,7 +299,7 @@ def decode_params(cfg: ModelConfig, params, layout: str | None = None, mesh=None
     if mesh is not None:
         params = jax.device_put(params, shd.shardings_for(
             qwen.param_axes(cfg), mesh, shd.SAMPLE_RULES, shapes=params))
-    return _layout_params(cfg, params, layout)
+    return _layout_params(cfg, params, layout) if layout == "decode" else params
 
 
 def num_slots(num_rows: int, slot_len: int, max_batch_tokens: int | None,
@@ -383,7 +383,7 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
         params = jax.device_put(params, shd.shardings_for(
             qwen.param_axes(cfg), mesh, shd.SAMPLE_RULES, shapes=params))
     if layout_params is None:
-        layout_params = _layout_params(cfg, params, layout)
+        layout_params = _layout_params(cfg, params, layout) if split else params
     place = functools.partial(sampler._place, mesh)
     max_group = bucket(-(-slots // n), 2)
 
