@@ -21,13 +21,17 @@ Host loop (generate_stream):
      next inserts and dispatch them with the next block BEFORE assembling the finished
      rows, so the device decodes while the host hands rows to the caller (who may be
      decoding text and scoring rewards on them).
+  4. the tail: once every row is placed and at most half the slots are live, the live
+     slots are gathered into a state of half the size or less (`_compact`), so the last
+     long rows do not step a batch of idle slots.
 
 Randomness: row r's token at its own step t draws from fold_in(fold_in(key(seed), r), t),
 exactly as in the static engine, so the output for a seed does not depend on the slot
 count, the refill order, the mesh or the engine.
 
 Programs: one prefill and one insert program per group-size bucket (powers of two up to
-bucket(B / n)), one decode-block program per width bucket, per (B, T, M, steps_per_sync,
+bucket(B / n)), one decode-block program per (width bucket, slot count after compaction:
+B, B/2, ...), one compaction program per slot count, per (B, T, M, steps_per_sync,
 strategy fields, stop-id count bucket, mesh, layout). A trainer calling every step with the
 same settings reuses them.
 """
@@ -223,6 +227,23 @@ def _insert(state: _Slots, k, v, mask, logits, slot, src, rows, seed, strategy: 
         return _constrain(state, split), tok, lp
 
 
+@functools.partial(jax.jit, static_argnames=("split", "mesh"))
+def _compact(state: _Slots, keep, *, split: bool, mesh=None) -> _Slots:
+    """The slots `keep` (int32 [B']) of the state, in that order: a smaller batch."""
+    with _rules(mesh):
+        def take(x, axis=0):
+            return jnp.take(x, keep, axis=axis)
+        cache = state.cache
+        if split:
+            k, v = tuple(take(x) for x in cache.k), tuple(take(x) for x in cache.v)
+        else:
+            k, v = take(cache.k, 1), take(cache.v, 1)
+        cache = qwen.KVCache(k=k, v=v, mask=take(cache.mask), index=take(cache.index))
+        return _constrain(_Slots(cache=cache, row=take(state.row), step=take(state.step),
+                                 last=take(state.last), done=take(state.done),
+                                 finished=take(state.finished)), split)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "width", "steps", "max_new", "split",
                                              "mesh"), donate_argnames=("state",))
 def _decode_block(cfg: ModelConfig, params, state: _Slots, seed, strategy: Strategy, stop_ids,
@@ -385,6 +406,7 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
     if layout_params is None:
         layout_params = _layout_params(cfg, params, layout) if split else params
     place = functools.partial(sampler._place, mesh)
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     max_group = bucket(-(-slots // n), 2)
 
     state = _empty_slots(cfg, slots=slots, length=width + new, split=split, mesh=mesh)
@@ -410,7 +432,7 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
 
     def fill(free: list[int]) -> list:
         """Insert pending rows into the free slots; returns the inserts' pending outputs."""
-        nonlocal state, next_row
+        nonlocal state, next_row  # fill runs only before the tail compaction changes slots
         pending_out = []
         while free and next_row < num_rows:
             p = next_row // n
@@ -446,6 +468,15 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
         live = slot_row >= 0
         if not live.any():
             break
+        # The tail: nothing left to insert and at most half the slots live. Gather the
+        # live slots into a smaller state so the last long rows do not step idle slots.
+        fewer = bucket(int(live.sum()), multiple=shards)
+        if next_row >= num_rows and fewer <= slots // 2:
+            keep = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:fewer]
+            state = _compact(state, place(keep.astype(np.int32), ("batch",)), split=split,
+                             mesh=mesh)
+            slot_row, slot_step, slots = slot_row[keep], slot_step[keep], fewer
+            live = slot_row >= 0
         reach = int(slot_step[live].max()) + steps_per_sync - 1  # generated slots written
         window = width + min(new, bucket(reach, MIN_WIDTH_BUCKET))
         state, info = _decode_block(cfg, layout_params, state, seed_arr, strategy, stop_ids,
