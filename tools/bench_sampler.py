@@ -112,7 +112,10 @@ def step_cost(cfg, batch: int, context: float) -> tuple[float, float]:
 
 
 def run_ours(cfg, params, prompts, new):
-    out = pj.generate(cfg, params, prompts, pj.SamplingParams(temperature=0, max_new_tokens=new))
+    # The static engine: this table measures decode-step speed with every row running to
+    # the cap, where the continuous engine runs the same steps (--workload rl compares them).
+    out = pj.generate(cfg, params, prompts, pj.SamplingParams(temperature=0, max_new_tokens=new),
+                      engine="static")
     return out.tokens
 
 
@@ -182,7 +185,7 @@ def bench_rollout(repeats: int) -> None:
         sp = pj.SamplingParams(temperature=1.0, max_new_tokens=new, n=8)
 
         def ours(sp=sp):
-            pj.generate(cfg, params, prompts, sp, seed=1)
+            pj.generate(cfg, params, prompts, sp, seed=1, engine="static")
 
         def theirs(new=new):
             with torch.inference_mode():
@@ -274,6 +277,23 @@ def bench_rl(args) -> None:
           f" identical tokens and lengths: {same}; max |logprob diff| "
           f"{float(np.abs(a.logprobs - b.logprobs).max()):.1e}", flush=True)
 
+    if args.hf_cb:  # transformers' own continuous batching, same model, stops and cap
+        from transformers import GenerationConfig
+
+        gc = GenerationConfig(max_new_tokens=cap, do_sample=True, temperature=1.0, top_k=0,
+                              top_p=1.0, eos_token_id=[0, 1, 2, 3], pad_token_id=0,
+                              num_return_sequences=n)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            hf_out = model.generate_batch(prompts, generation_config=gc, progress_bar=False)
+        hf_wall = time.perf_counter() - t0
+        hf_tokens = sum(len(v.generated_tokens) for v in hf_out.values())
+        print(f"| transformers generate_batch | {hf_tokens} | {hf_wall:.1f} | - | "
+              f"{hf_tokens / hf_wall:,.0f} | - | {len(hf_out)} rows (own random streams) |")
+        print(f"# continuous / transformers generate_batch useful tok/s: "
+              f"{(int(b.lengths.sum()) / results['continuous'][1]) / (hf_tokens / hf_wall):.2f}x",
+              flush=True)
+
     score = _sleep_verifier(args.verifier_ms / 1e3)
     for engine in ("static", "continuous"):
         res = sample_and_score(cfg, params, prompts, sp, item=lambda r, t: ("math", t, None),
@@ -304,6 +324,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rl-prompts", type=int, default=64, help="--workload rl: prompts")
     ap.add_argument("--verifier-ms", type=float, default=20.0,
                     help="--workload rl: verifier cost per completion in ms")
+    ap.add_argument("--hf-cb", action="store_true",
+                    help="--workload rl: also run transformers' model.generate_batch")
     args = ap.parse_args(argv)
     if args.workload == "rl":
         args.new_tokens = args.new_tokens or 512

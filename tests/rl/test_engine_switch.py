@@ -43,8 +43,8 @@ def _programs():
     from prorl_jax.sampling import engine
 
     return {f.__name__: f._cache_size() for f in (engine._prefill, engine._insert,
-                                                   engine._decode_block, engine._empty_slots,
-                                                   engine._layout_params)}
+                                                   engine._decode_block, engine._compact,
+                                                   engine._empty_slots, engine._layout_params)}
 
 
 @pytest.mark.slow
@@ -64,8 +64,9 @@ def test_trainer_steps_reuse_a_bounded_set_of_sampler_programs(tmp_path, tiny_mo
     assert counts[1] == counts[0]
     # ... and the first two compiled a handful: one empty-state and one layout program,
     # prefill / insert per prefill-group size (1 prompt covers the 4 slots at n=4, so the
-    # 2-prompt bucket only) and decode blocks per window (6 new tokens: one window), each
-    # per prompt bucket (these prompts fall in at most two).
+    # 2-prompt bucket only), decode blocks per window (6 new tokens: one window) and slot
+    # count (4, then 2 and 1 at the tail), compaction per slot count, each per prompt
+    # bucket (these prompts fall in at most two).
     assert counts[0]["_empty_slots"] <= 2 and counts[0]["_layout_params"] == 1
-    assert counts[0]["_decode_block"] <= 2 and counts[0]["_prefill"] <= 2
-    assert counts[0]["_insert"] <= 2
+    assert counts[0]["_decode_block"] <= 2 * 3 and counts[0]["_compact"] <= 2 * 2
+    assert counts[0]["_prefill"] <= 2 and counts[0]["_insert"] <= 2

@@ -118,7 +118,8 @@ def test_stream_yields_each_row_once_equal_to_the_batch(params, static):
 
 def _programs():
     return sum(f._cache_size() for f in (engine._prefill, engine._insert, engine._decode_block,
-                                         engine._empty_slots, engine._layout_params))
+                                         engine._compact, engine._empty_slots,
+                                         engine._layout_params))
 
 
 def test_repeated_calls_reuse_the_compiled_programs(params):
@@ -134,8 +135,9 @@ def test_repeated_calls_reuse_the_compiled_programs(params):
         generate(CFG, params, prompts, sampling, seed=seed, decode_slots=SLOTS)
     assert _programs() == first
     # Bounded by construction: prefill / insert per group bucket (here 2 and 4 prompts),
-    # decode blocks per window bucket (16, 24 generated slots), empty state, layout.
-    assert first - before <= 2 + 2 + 2 + 1 + 1
+    # decode blocks per window bucket (16, 24 generated slots) and slot count (4, then
+    # 2 and 1 at the tail), compaction per slot count, empty state, layout.
+    assert first - before <= 2 + 2 + 2 * 3 + 2 + 1 + 1
 
 
 @pytest.mark.parametrize("kwargs,match", [
