@@ -244,39 +244,39 @@ def bench_rl(args) -> None:
     warm = prompts[:16]
     for engine in ("static", "continuous"):  # compile both engines' programs first
         pj.generate(cfg, params, warm, sp, seed=1, max_batch_tokens=budget, engine=engine)
+    score = _sleep_verifier(args.verifier_ms / 1e3)
     results = {}
     for engine in ("static", "continuous"):
+        # The whole rollout path (sample, decode, score) as the trainer runs it.
         stats = {}
         t0, c0 = time.perf_counter(), time.process_time()
+        res = sample_and_score(cfg, params, prompts, sp, item=lambda r, t: ("math", t, None),
+                               decode=lambda ids: " ".join(map(str, ids)), score=score, seed=0,
+                               max_batch_tokens=budget, engine=engine, stats=stats)
+        cpu = time.process_time() - c0
+        wall = res.time_rollout  # sampling only (rows decoded to text meanwhile)
+        useful = int(res.lengths.sum())
         if engine == "static":
-            out = pj.generate(cfg, params, prompts, sp, seed=0, max_batch_tokens=budget,
-                              engine="static")
-        else:
-            out = engine_mod.collect(engine_mod.generate_stream(
-                cfg, params, prompts, sp, seed=0, max_batch_tokens=budget, stats=stats),
-                len(prompts) * n, cap)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        useful = int(out.lengths.sum())
-        if engine == "static":
-            rows = sampler.chunk_rows(len(out.lengths), slot_len, budget)
-            chunks = [out.lengths[i:i + rows] for i in range(0, len(out.lengths), rows)]
+            rows = sampler.chunk_rows(len(res.lengths), slot_len, budget)
+            chunks = [res.lengths[i:i + rows] for i in range(0, len(res.lengths), rows)]
             # Every chunk steps all its rows until its longest row ends; token 0 is prefill.
             slot_steps = sum(rows * (int(c.max()) - 1) for c in chunks)
-            decode_tokens = useful - len(out.lengths)
+            decode_tokens = useful - len(res.lengths)
             extra = "chunk maxima " + "/".join(str(int(c.max())) for c in chunks)
         else:
             slot_steps, decode_tokens = stats["slot_steps"], stats["decode_tokens"]
             extra = f"{stats['blocks']} blocks of <= {engine_mod.DEFAULT_STEPS_PER_SYNC} steps"
-        results[engine] = (out, wall)
+        results[engine] = (res, wall)
         print(f"| {engine} | {useful} | {wall:.1f} | {cpu:.1f} | {useful / wall:,.0f} | "
-              f"{decode_tokens / slot_steps:.0%} | mean length {out.lengths.mean():.0f}, "
-              f"{extra} |", flush=True)
+              f"{decode_tokens / slot_steps:.0%} | {res.time_reward:.2f} s | mean length "
+              f"{res.lengths.mean():.0f}, {extra} |", flush=True)
     a, b = results["static"][0], results["continuous"][0]
     same = np.array_equal(a.tokens, b.tokens) and np.array_equal(a.lengths, b.lengths)
     print(f"# continuous / static useful tok/s: {results['static'][1] / results['continuous'][1]:.2f}x;"
-          f" identical tokens and lengths: {same}; max |logprob diff| "
-          f"{float(np.abs(a.logprobs - b.logprobs).max()):.1e}", flush=True)
-
+          f" identical tokens and lengths: {same}, scores: {np.array_equal(a.scores, b.scores)};"
+          f" max |logprob diff| {float(np.abs(a.logprobs - b.logprobs).max()):.1e}; verifier "
+          f"{args.verifier_ms:g} ms x {len(a.texts)} = {args.verifier_ms * len(a.texts) / 1e3:.1f} s",
+          flush=True)
     if args.hf_cb:  # transformers' own continuous batching, same model, stops and cap
         from transformers import GenerationConfig
 
@@ -289,19 +289,9 @@ def bench_rl(args) -> None:
         hf_wall = time.perf_counter() - t0
         hf_tokens = sum(len(v.generated_tokens) for v in hf_out.values())
         print(f"| transformers generate_batch | {hf_tokens} | {hf_wall:.1f} | - | "
-              f"{hf_tokens / hf_wall:,.0f} | - | {len(hf_out)} rows (own random streams) |")
+              f"{hf_tokens / hf_wall:,.0f} | - | - | {len(hf_out)} rows (own random streams) |")
         print(f"# continuous / transformers generate_batch useful tok/s: "
               f"{(int(b.lengths.sum()) / results['continuous'][1]) / (hf_tokens / hf_wall):.2f}x",
-              flush=True)
-
-    score = _sleep_verifier(args.verifier_ms / 1e3)
-    for engine in ("static", "continuous"):
-        res = sample_and_score(cfg, params, prompts, sp, item=lambda r, t: ("math", t, None),
-                               decode=lambda ids: " ".join(map(str, ids)), score=score, seed=0,
-                               max_batch_tokens=budget, engine=engine)
-        print(f"# sample_and_score {engine}: time/rollout {res.time_rollout:.1f} s, time/reward "
-              f"{res.time_reward:.2f} s (verifier {args.verifier_ms:g} ms x "
-              f"{len(res.texts)} completions = {args.verifier_ms * len(res.texts) / 1e3:.1f} s)",
               flush=True)
     print(f"# load after: {os.getloadavg()}")
 
@@ -329,9 +319,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.workload == "rl":
         args.new_tokens = args.new_tokens or 512
-        print("| engine | useful tokens | wall s | CPU s | useful tok/s | slot-steps useful | "
-              "notes |")
-        print("|---|---:|---:|---:|---:|---:|---|")
+        print("| engine | useful tokens | rollout wall s | CPU s | useful tok/s | "
+              "slot-steps useful | time/reward | notes |")
+        print("|---|---:|---:|---:|---:|---:|---:|---|")
         bench_rl(args)
         return
     args.new_tokens = args.new_tokens or 128

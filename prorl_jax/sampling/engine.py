@@ -463,6 +463,26 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
             pending_out.append((placed, tok0, lp0))
         return pending_out
 
+    def assemble(block):
+        """Append a finished block's tokens to their rows; yield the rows it retired."""
+        if block is None:
+            return
+        toks, lps, block_rows, made, retired, finished = block
+        toks, lps = np.asarray(toks), np.asarray(lps)
+        for b in np.flatnonzero(made):
+            out_tok[int(block_rows[b])].append(toks[b, :made[b]])
+            out_lp[int(block_rows[b])].append(lps[b, :made[b]])
+        for b in retired:
+            r = int(block_rows[b])
+            t = np.concatenate(out_tok.pop(r)).astype(np.int32)
+            lp = np.concatenate(out_lp.pop(r)).astype(np.float32)
+            counters["tokens"] += len(t)
+            if stats is not None:
+                stats.update(counters)
+            yield FinishedRow(index=r, tokens=t, logprobs=lp, length=len(t),
+                              finished=bool(finished[b]))
+
+    previous = None  # the last block's outputs, assembled while the next one runs
     pending_inserts = fill(list(range(slots)))
     while True:
         live = slot_row >= 0
@@ -483,7 +503,9 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
                                     width=window, steps=steps_per_sync, max_new=new,
                                     split=split, mesh=mesh)
         counters["blocks"] += 1
-        # Token 0 of the rows just inserted (ready by now: the block depends on them).
+        # While the block runs: hand out the previous block's finished rows, and collect
+        # token 0 of the rows inserted before this block (ready: the block depends on it).
+        yield from assemble(previous)
         for placed, tok0, lp0 in pending_inserts:
             tok0, lp0 = np.asarray(tok0), np.asarray(lp0)
             for i, (_, r) in enumerate(placed):
@@ -497,21 +519,9 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
         retired = np.flatnonzero(live & done)
         slot_step[live] = step[live]
         slot_row[retired] = -1
-        # Refill and dispatch the next block before assembling this block's rows.
-        pending_inserts = fill([int(b) for b in retired])
-        toks, lps = np.asarray(info[3]), np.asarray(info[4])
-        for b in np.flatnonzero(made):
-            out_tok[int(block_rows[b])].append(toks[b, :made[b]])
-            out_lp[int(block_rows[b])].append(lps[b, :made[b]])
-        for b in retired:
-            r = int(block_rows[b])
-            t = np.concatenate(out_tok.pop(r)).astype(np.int32)
-            lp = np.concatenate(out_lp.pop(r)).astype(np.float32)
-            counters["tokens"] += len(t)
-            if stats is not None:
-                stats.update(counters)
-            yield FinishedRow(index=r, tokens=t, logprobs=lp, length=len(t),
-                              finished=bool(finished[b]))
+        pending_inserts = fill([int(b) for b in retired])  # dispatched now, run next
+        previous = (info[3], info[4], block_rows, made, retired, finished)
+    yield from assemble(previous)
     if stats is not None:
         stats.update(counters)
 

@@ -95,7 +95,7 @@ def sample_and_score(model_cfg, params, prompt_ids: Sequence, sampling, *,
                      score, seed: int = 0, mesh=None, max_batch_tokens: int | None = None,
                      engine: str = DEFAULT_ENGINE, decode_slots: int | None = None,
                      steps_per_sync: int = DEFAULT_STEPS_PER_SYNC,
-                     decode_params=None) -> Scored:
+                     decode_params=None, stats: dict | None = None) -> Scored:
     """Sample `sampling.n` completions per prompt, decode and score each.
 
     Args:
@@ -105,6 +105,7 @@ def sample_and_score(model_cfg, params, prompt_ids: Sequence, sampling, *,
       decode: completion token ids (stop token excluded) -> text.
       score: a RewardPool (its .score) or a function [(domain, completion, ground_truth)]
         -> [reward].
+      stats: continuous engine only: filled as generate_stream's.
     Returns:
       Scored.
     """
@@ -127,7 +128,7 @@ def sample_and_score(model_cfg, params, prompt_ids: Sequence, sampling, *,
         stream = engine_mod.generate_stream(
             model_cfg, params, prompt_ids, sampling, seed=seed, mesh=mesh,
             max_batch_tokens=max_batch_tokens, decode_slots=decode_slots,
-            steps_per_sync=steps_per_sync, decode_params=decode_params)
+            steps_per_sync=steps_per_sync, decode_params=decode_params, stats=stats)
         scorer = _Scorer(score_fn, num_rows)
         rows = []
         try:
