@@ -27,7 +27,7 @@ def _run(run_dir, overrides):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [{k: v for k, v in r.items() if not k.startswith(NONDETERMINISTIC)}
-            for r in read_metrics(run_dir / "metrics.jsonl")]
+            for r in read_metrics(run_dir)]
 
 
 @pytest.mark.slow
