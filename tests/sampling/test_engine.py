@@ -165,3 +165,27 @@ def test_bad_engine_settings_are_one_line_config_errors(params, kwargs, match):
 def test_bad_engine_config_keys(sampling, match):
     with pytest.raises(ConfigError, match=match):
         config_mod.build(config_mod.SamplingConfig, sampling, prefix="sampling")
+
+
+def test_sample_and_score_scores_rows_while_decoding(params, static):
+    from prorl_jax.sampling.scoring import completion_ids, sample_and_score
+
+    ref = static(PROMPTS, SAMPLED, 5)
+    calls = []
+
+    def score(items):  # a verifier that sees each completion once
+        calls.append(len(items))
+        return [float(len(text) % 3) for _, text, _ in items]
+
+    def decode(ids):
+        return " ".join(map(str, ids))
+
+    out = sample_and_score(CFG, params, PROMPTS, SAMPLED, item=lambda r, t: ("math", t, r),
+                           decode=decode, score=score, seed=5, decode_slots=SLOTS,
+                           steps_per_sync=SYNC)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    texts = [decode(completion_ids(ref.tokens[r], ref.lengths[r], ref.finished[r]))
+             for r in range(len(ref.lengths))]
+    assert out.texts == texts
+    np.testing.assert_array_equal(out.scores, [float(len(t) % 3) for t in texts])
+    assert sum(calls) == len(texts) and len(calls) > 1  # scored in pieces, as rows finished
