@@ -17,6 +17,7 @@ import yaml
 
 from prorl_jax.errors import ConfigError
 from prorl_jax.model.config import ModelConfig
+from prorl_jax.sampling.settings import check_engine_settings
 
 # Shipped configs live inside the package (prorl_jax/configs, listed in pyproject's
 # package-data), so a wheel or `pip install .` has them too; the repository's top-level
@@ -80,6 +81,9 @@ class SamplingConfig:
     max_new_tokens: int = 8192
     max_prompt_tokens: int = 1024  # longer prompts are dropped and counted
     max_batch_tokens: int = 0  # KV-cache budget per sampler call in tokens; 0 = no chunking
+    engine: str = "continuous"  # "continuous" (slots refilled as rows finish) or "static"
+    decode_slots: int | None = None  # continuous engine: rows decoded at once (None: budget)
+    steps_per_sync: int = 16  # continuous engine: decode steps per block between host syncs
 
     def __post_init__(self):
         if self.n < 1:
@@ -92,6 +96,8 @@ class SamplingConfig:
             raise ConfigError(f"sampling.top_k must be >= 0, got {self.top_k}")
         if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
             raise ConfigError("sampling.max_new_tokens and sampling.max_prompt_tokens must be >= 1")
+        check_engine_settings(self.engine, self.decode_slots, self.steps_per_sync,
+                              self.max_batch_tokens or None, self.max_new_tokens)
 
 
 ADVANTAGES = ("grpo", "rloo", "reinforce_pp_baseline")

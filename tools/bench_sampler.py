@@ -19,6 +19,17 @@ before the runs; the roofline fraction is measured decode tokens/s over B / boun
     python tools/bench_sampler.py --batches 1 --repeats 1 --new-tokens 16   # smoke run
     python tools/bench_sampler.py --rollout          # the demo trainer's rollout shape
 
+--workload rl compares the continuous engine with the static one on an RL rollout whose
+lengths come from a real stopping process: a ~25M random Qwen2 (SMALL with a 512-token
+vocabulary), temperature 1, 4 stop ids (a random model stops with probability ~4/512 per
+step, so lengths spread geometrically with a tail to the cap), 64 prompts of 16-64 tokens x
+n=4, cap 512, both engines under the same KV budget (64 rows of prompt bucket + cap). It
+reports useful (generated) tokens/s, the share of decode slot-steps that produced a token,
+that both engines returned the same tokens, and the reward-overlap saving of
+sampling.scoring.sample_and_score with a verifier costing --verifier-ms per completion.
+
+    python tools/bench_sampler.py --workload rl --threads 2
+
 --rollout times one whole `generate` call of the embedded demo's trainer instead: a ~0.8M
 parameter Qwen2 (hidden 128, 4 layers, vocab 100, tied embeddings), 16 prompts of 30-64
 tokens, 8 samples each at temperature 1, 8 and 16 new tokens; transformers runs the same
@@ -101,7 +112,10 @@ def step_cost(cfg, batch: int, context: float) -> tuple[float, float]:
 
 
 def run_ours(cfg, params, prompts, new):
-    out = pj.generate(cfg, params, prompts, pj.SamplingParams(temperature=0, max_new_tokens=new))
+    # The static engine: this table measures decode-step speed with every row running to
+    # the cap, where the continuous engine runs the same steps (--workload rl compares them).
+    out = pj.generate(cfg, params, prompts, pj.SamplingParams(temperature=0, max_new_tokens=new),
+                      engine="static")
     return out.tokens
 
 
@@ -171,7 +185,7 @@ def bench_rollout(repeats: int) -> None:
         sp = pj.SamplingParams(temperature=1.0, max_new_tokens=new, n=8)
 
         def ours(sp=sp):
-            pj.generate(cfg, params, prompts, sp, seed=1)
+            pj.generate(cfg, params, prompts, sp, seed=1, engine="static")
 
         def theirs(new=new):
             with torch.inference_mode():
@@ -196,11 +210,98 @@ def bench_rollout(repeats: int) -> None:
               f"{c['theirs'] / c['ours']:.2f}x |", flush=True)
 
 
+def _sleep_verifier(cost_s: float):
+    """A verifier of fixed cost per completion that waits as a worker pool does (the
+    GIL is free meanwhile); rewards from the text so that both engines can be compared."""
+    def score(items):
+        time.sleep(cost_s * len(items))
+        return [float(len(text) % 2) for _, text, _ in items]
+    return score
+
+
+def bench_rl(args) -> None:
+    """Static vs continuous engine on an RL-shaped rollout (see the module docstring)."""
+    from prorl_jax.sampling import engine as engine_mod
+    from prorl_jax.sampling import sampler
+    from prorl_jax.sampling.scoring import sample_and_score
+
+    config = Qwen2Config(**{**SMALL, "vocab_size": 512}, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        cfg, params = pj.load_hf(tmp, dtype="float32")
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(4, 512, size=int(rng.integers(16, 65))).tolist()
+               for _ in range(args.rl_prompts)]
+    cap, n, kv_rows = args.new_tokens, 4, 64
+    sp = pj.SamplingParams(temperature=1.0, max_new_tokens=cap, n=n, stop_token_ids=(0, 1, 2, 3))
+    slot_len = sampler.bucket(max(map(len, prompts)), sampler.MIN_PROMPT_BUCKET) + cap
+    budget = kv_rows * slot_len
+    print(f"# {cfg.num_params() / 1e6:.1f}M params float32, vocab 512, 4 stop ids, temperature "
+          f"1, {len(prompts)} prompts x n={n}, cap {cap}, KV budget {budget} token slots "
+          f"({kv_rows} rows); --threads {_THREADS}; load {os.getloadavg()}", flush=True)
+    warm = prompts[:16]
+    for engine in ("static", "continuous"):  # compile both engines' programs first
+        pj.generate(cfg, params, warm, sp, seed=1, max_batch_tokens=budget, engine=engine)
+    score = _sleep_verifier(args.verifier_ms / 1e3)
+    results = {}
+    for engine in ("static", "continuous"):
+        # The whole rollout path (sample, decode, score) as the trainer runs it.
+        stats = {}
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = sample_and_score(cfg, params, prompts, sp, item=lambda r, t: ("math", t, None),
+                               decode=lambda ids: " ".join(map(str, ids)), score=score, seed=0,
+                               max_batch_tokens=budget, engine=engine, stats=stats)
+        cpu = time.process_time() - c0
+        wall = res.time_rollout  # sampling only (rows decoded to text meanwhile)
+        useful = int(res.lengths.sum())
+        if engine == "static":
+            rows = sampler.chunk_rows(len(res.lengths), slot_len, budget)
+            chunks = [res.lengths[i:i + rows] for i in range(0, len(res.lengths), rows)]
+            # Every chunk steps all its rows until its longest row ends; token 0 is prefill.
+            slot_steps = sum(rows * (int(c.max()) - 1) for c in chunks)
+            decode_tokens = useful - len(res.lengths)
+            extra = "chunk maxima " + "/".join(str(int(c.max())) for c in chunks)
+        else:
+            slot_steps, decode_tokens = stats["slot_steps"], stats["decode_tokens"]
+            extra = f"{stats['blocks']} blocks of <= {engine_mod.DEFAULT_STEPS_PER_SYNC} steps"
+        results[engine] = (res, wall)
+        print(f"| {engine} | {useful} | {wall:.1f} | {cpu:.1f} | {useful / wall:,.0f} | "
+              f"{decode_tokens / slot_steps:.0%} | {res.time_reward:.2f} s | mean length "
+              f"{res.lengths.mean():.0f}, {extra} |", flush=True)
+    a, b = results["static"][0], results["continuous"][0]
+    same = np.array_equal(a.tokens, b.tokens) and np.array_equal(a.lengths, b.lengths)
+    print(f"# continuous / static useful tok/s: {results['static'][1] / results['continuous'][1]:.2f}x;"
+          f" identical tokens and lengths: {same}, scores: {np.array_equal(a.scores, b.scores)};"
+          f" max |logprob diff| {float(np.abs(a.logprobs - b.logprobs).max()):.1e}; verifier "
+          f"{args.verifier_ms:g} ms x {len(a.texts)} = {args.verifier_ms * len(a.texts) / 1e3:.1f} s",
+          flush=True)
+    if args.hf_cb:  # transformers' own continuous batching, same model, stops and cap
+        from transformers import GenerationConfig
+
+        gc = GenerationConfig(max_new_tokens=cap, do_sample=True, temperature=1.0, top_k=0,
+                              top_p=1.0, eos_token_id=[0, 1, 2, 3], pad_token_id=0,
+                              num_return_sequences=n)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            hf_out = model.generate_batch(prompts, generation_config=gc, progress_bar=False)
+        hf_wall = time.perf_counter() - t0
+        hf_tokens = sum(len(v.generated_tokens) for v in hf_out.values())
+        print(f"| transformers generate_batch | {hf_tokens} | {hf_wall:.1f} | - | "
+              f"{hf_tokens / hf_wall:,.0f} | - | - | {len(hf_out)} rows (own random streams) |")
+        print(f"# continuous / transformers generate_batch useful tok/s: "
+              f"{(int(b.lengths.sum()) / results['continuous'][1]) / (hf_tokens / hf_wall):.2f}x",
+              flush=True)
+    print(f"# load after: {os.getloadavg()}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=None,
+                    help="default 128 (512, the cap, with --workload rl)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shape", choices=("small", "r1-1.5b"), default="small")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -208,7 +309,22 @@ def main(argv=None) -> None:
                     help="cores for both sides (default: all; see tools/bench_common.py)")
     ap.add_argument("--rollout", action="store_true",
                     help="time the demo trainer's rollout shape instead (see above)")
+    ap.add_argument("--workload", choices=("decode", "rl"), default="decode",
+                    help="rl: continuous vs static engine on an RL rollout (see above)")
+    ap.add_argument("--rl-prompts", type=int, default=64, help="--workload rl: prompts")
+    ap.add_argument("--verifier-ms", type=float, default=20.0,
+                    help="--workload rl: verifier cost per completion in ms")
+    ap.add_argument("--hf-cb", action="store_true",
+                    help="--workload rl: also run transformers' model.generate_batch")
     args = ap.parse_args(argv)
+    if args.workload == "rl":
+        args.new_tokens = args.new_tokens or 512
+        print("| engine | useful tokens | rollout wall s | CPU s | useful tok/s | "
+              "slot-steps useful | time/reward | notes |")
+        print("|---|---:|---:|---:|---:|---:|---:|---|")
+        bench_rl(args)
+        return
+    args.new_tokens = args.new_tokens or 128
     if args.rollout:
         bench_rollout(max(args.repeats, 5))
         return

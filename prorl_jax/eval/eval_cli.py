@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts per sampler call (default 8)")
     parser.add_argument("--max-batch-tokens", type=int, default=0,
                         help="KV-cache budget per compiled chunk in token slots (0: none)")
+    parser.add_argument("--engine", default="continuous",
+                        help="sampler: continuous (default) or static; the samples are the same")
     parser.add_argument("--reward-workers", type=int, default=2,
                         help="reward processes (default 2; 0 scores in-process without timeouts)")
     parser.add_argument("--reward-timeout", type=float, default=10.0,
@@ -113,7 +115,7 @@ def run(args) -> int:
                             use_chat_template=not args.no_chat_template,
                             suffixes=_parse_suffixes(args.suffix),
                             batch_prompts=args.batch_prompts,
-                            max_batch_tokens=args.max_batch_tokens)
+                            max_batch_tokens=args.max_batch_tokens, engine=args.engine)
     ks = parse_ks(args.k, n=args.n)
     # Validate the sampler settings and the model paths before the slow parts.
     from prorl_jax.sampling import SamplingParams

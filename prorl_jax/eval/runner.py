@@ -54,6 +54,7 @@ class EvalSettings:
       suffixes: per-domain instruction suffix overrides for ChatFormatter ("" disables one).
       batch_prompts: prompts per sampler call (and per append to the results file).
       max_batch_tokens: KV-cache budget per compiled chunk in token slots (0: no limit).
+      engine: sampler engine, "continuous" or "static" (same samples; not in sample_key).
     """
 
     n: int = 16
@@ -67,8 +68,12 @@ class EvalSettings:
     suffixes: dict = dataclasses.field(default_factory=dict)
     batch_prompts: int = 8
     max_batch_tokens: int = 0
+    engine: str = "continuous"
 
     def __post_init__(self):
+        from prorl_jax.sampling.settings import check_engine_settings
+
+        check_engine_settings(self.engine)
         if self.n < 1 or self.batch_prompts < 1 or self.max_prompt_tokens < 1:
             raise EvalError("n, batch_prompts and max_prompt_tokens must be >= 1")
         if self.max_batch_tokens < 0:
@@ -101,7 +106,8 @@ def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
                      decode: Callable[[list[int]], str], score, sampling, seed: int = 0,
                      mesh=None, batch_prompts: int = 8, max_batch_tokens: int | None = None,
                      on_batch: Callable[[list[PromptResult]], None] | None = None,
-                     progress=None) -> list[PromptResult]:
+                     progress=None, engine: str = "continuous", decode_slots: int | None = None,
+                     steps_per_sync: int | None = None) -> list[PromptResult]:
     """Sample `sampling.n` completions per prompt, decode and score them.
 
     Args:
@@ -121,15 +127,17 @@ def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
       on_batch: called with each batch's results as soon as they are scored.
       progress: an object with .update(k) (e.g. tqdm), advanced by the prompts handled,
         skipped ones included.
+      engine, decode_slots, steps_per_sync: the sampler engine (see sampling.generate);
+        with the continuous one, completions are scored while the batch still decodes.
 
     Returns:
       PromptResult per encoded prompt, in input order (skipped prompts are left out).
     """
-    from prorl_jax.sampling import generate
+    from prorl_jax.sampling.scoring import sample_and_score
+    from prorl_jax.sampling.settings import DEFAULT_STEPS_PER_SYNC
 
     if batch_prompts < 1:
         raise EvalError(f"batch_prompts must be >= 1, got {batch_prompts}")
-    score_fn = _scorer(score)
     n = sampling.n
     out_results: list[PromptResult] = []
     for start in range(0, len(records), batch_prompts):
@@ -138,17 +146,20 @@ def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
         kept = [(r, ids) for r, ids in encoded if ids is not None]
         batch_results: list[PromptResult] = []
         if kept:
-            gen = generate(model_cfg, params, [ids for _, ids in kept], sampling,
-                           seed=batch_seed(seed, [str(r.id) for r, _ in kept]), mesh=mesh,
-                           max_batch_tokens=max_batch_tokens or None)
+            def item(row: int, text: str, kept=kept) -> tuple:
+                rec = kept[row // n][0]
+                return rec.domain, text, rec.ground_truth
+
+            gen = sample_and_score(
+                model_cfg, params, [ids for _, ids in kept], sampling, item=item,
+                decode=decode, score=_scorer(score),
+                seed=batch_seed(seed, [str(r.id) for r, _ in kept]), mesh=mesh,
+                max_batch_tokens=max_batch_tokens or None, engine=engine,
+                decode_slots=decode_slots, steps_per_sync=steps_per_sync or DEFAULT_STEPS_PER_SYNC)
             lengths = [int(x) for x in gen.lengths]
             finished = [bool(x) for x in gen.finished]
-            # The stop token ends a row but is not part of its text.
-            texts = [decode([int(t) for t in gen.tokens[row][:lengths[row] - finished[row]]])
-                     for row in range(len(lengths))]
-            items = [(r.domain, texts[i * n + j], r.ground_truth)
-                     for i, (r, _) in enumerate(kept) for j in range(n)]
-            rewards = [float(x) for x in score_fn(items)]
+            texts = gen.texts
+            rewards = [float(x) for x in gen.scores]
             for i, (r, _) in enumerate(kept):
                 rows = slice(i * n, (i + 1) * n)
                 as_dict = _record_dict(r)
@@ -175,7 +186,9 @@ def validate_records(model_cfg, params, formatter, tokenizer, records: Sequence,
                      max_new_tokens: int = 8192, stop_token_ids: Sequence[int] = (),
                      seed: int = 0, mesh=None, threshold: float = DEFAULT_THRESHOLD,
                      batch_prompts: int = 64, max_batch_tokens: int | None = None,
-                     prefix: str = "val/") -> dict[str, float]:
+                     prefix: str = "val/", engine: str = "continuous",
+                     decode_slots: int | None = None,
+                     steps_per_sync: int | None = None) -> dict[str, float]:
     """Held-out validation for the trainer: pass@1 and mean reward, overall and per domain.
 
     Args:
@@ -190,6 +203,7 @@ def validate_records(model_cfg, params, formatter, tokenizer, records: Sequence,
       threshold: success threshold for continuous rewards.
       batch_prompts, max_batch_tokens: batching (see evaluate_records).
       prefix: metric name prefix.
+      engine, decode_slots, steps_per_sync: the sampler engine (see evaluate_records).
 
     Returns:
       {"val/pass@1", "val/reward/mean", "val/pass@1/<domain>", "val/reward/<domain>"}
@@ -203,7 +217,9 @@ def validate_records(model_cfg, params, formatter, tokenizer, records: Sequence,
     results = evaluate_records(model_cfg, params, records, encode=formatter.encode,
                                decode=tokenizer_decoder(tokenizer), score=reward_pool,
                                sampling=sampling, seed=seed, mesh=mesh,
-                               batch_prompts=batch_prompts, max_batch_tokens=max_batch_tokens)
+                               batch_prompts=batch_prompts, max_batch_tokens=max_batch_tokens,
+                               engine=engine, decode_slots=decode_slots,
+                               steps_per_sync=steps_per_sync)
     return validation_metrics(results, threshold, prefix=prefix)
 
 
@@ -326,7 +342,7 @@ def _sample_model(label: str, model_dir: str, pending: Sequence, settings: EvalS
                          decode=tokenizer_decoder(tokenizer), score=score, sampling=sampling,
                          seed=settings.seed, batch_prompts=settings.batch_prompts,
                          max_batch_tokens=settings.max_batch_tokens or None,
-                         on_batch=on_batch, progress=bar)
+                         engine=settings.engine, on_batch=on_batch, progress=bar)
     finally:
         bar.close()
     if formatter.dropped:

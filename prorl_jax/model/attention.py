@@ -52,7 +52,8 @@ class AttnMask:
 
     q_segment:   int32 [B, T]  segment of each query token, 0 = padding
     kv_segment:  int32 [B, S]  segment of each key slot, 0 = padding / not written
-    q_offset:    int32 []      cache slot of query 0 (0 without a cache)
+    q_offset:    int32 [] or [B]  cache slot of query 0 (0 without a cache); [B] when each
+                               row writes at its own slot (dense only)
     causal_only: static bool   no padding, no packing, no cache: every token is segment 1
                                and S == T (cudnn then needs no mask)
     """
@@ -70,10 +71,11 @@ def dense_allowed(mask: AttnMask, T: int, S: int) -> jax.Array:
     every earlier real key, as the model's original mask had them; that keeps the cache
     path's numbers exactly what they were (only padding rows depend on it).
     """
-    q_slot = mask.q_offset + jnp.arange(T)  # [T]
-    causal = jnp.arange(S)[None, :] <= q_slot[:, None]  # [T, S]
+    offset = mask.q_offset.reshape(-1, 1)  # [1 or B, 1]
+    q_slot = offset + jnp.arange(T)  # [1 or B, T]
+    causal = jnp.arange(S)[None, None, :] <= q_slot[:, :, None]  # [1 or B, T, S]
     qs, ks = mask.q_segment[:, :, None], mask.kv_segment[:, None, :]
-    return causal[None] & (ks != 0) & ((qs == ks) | (qs == 0))
+    return causal & (ks != 0) & ((qs == ks) | (qs == 0))
 
 
 def attend(q, k, v, mask: AttnMask, *, impl: str = "auto", block_q: int = 128,

@@ -55,7 +55,9 @@ class KVCache:
             (B, K) without transposing the cache. With split layers (split_cache) k and v
             are tuples of L arrays [B, K, S, H].
     mask:   bool [B, S]      slot holds a real (non-padding) token
-    index:  int32 []         next slot to write (the same for every row)
+    index:  int32 []         next slot to write (the same for every row), or int32 [B],
+                             a next slot per row (the continuous engine, whose rows are
+                             at different steps)
     """
 
     k: jax.Array
@@ -191,8 +193,10 @@ class Attention(nn.Module):
             else:
                 keys, values, new_kv = _write_cache(kv, k, v, layer, index)  # [B, K, S, H]
                 keys, values = keys.astype(dt), values.astype(dt)
-            # Decode (one query per row) keeps the dense path: its scores are [B, K, G, 1, S].
-            impl = "dense" if kv is not None and T == 1 else cfg.attention_impl
+            # Decode (one query per row: scores [B, K, G, 1, S]) and rows that each write at
+            # their own slot (the engine's per-row index) keep the dense path.
+            impl = ("dense" if kv is not None and (T == 1 or mask.q_offset.ndim == 1)
+                    else cfg.attention_impl)
             out = attention.attend(q, keys, values, mask, impl=impl,
                                    block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv)
             out = out.reshape(B, T, N, H)
@@ -215,6 +219,8 @@ def _write_cache(kv, k, v, layer, index):
     """
     k_c, v_c = kv
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, H]
+    if jnp.ndim(index) == 1:
+        return _write_cache_rows(k_c, v_c, k, v, layer, index)
     if layer is None:
         axes, start = _CACHE_AXES[1:], (0, 0, index, 0)
     else:
@@ -222,6 +228,32 @@ def _write_cache(kv, k, v, layer, index):
         k, v = k[None], v[None]
     k_c = sharding.constrain(jax.lax.dynamic_update_slice(k_c, k.astype(k_c.dtype), start), axes)
     v_c = sharding.constrain(jax.lax.dynamic_update_slice(v_c, v.astype(v_c.dtype), start), axes)
+    if layer is None:
+        return k_c, v_c, (k_c, v_c)
+    keys = jax.lax.dynamic_index_in_dim(k_c, layer, 0, keepdims=False)  # [B, K, S, H]
+    values = jax.lax.dynamic_index_in_dim(v_c, layer, 0, keepdims=False)
+    return keys, values, (k_c, v_c)
+
+
+def _write_cache_rows(k_c, v_c, k, v, layer, index):
+    """_write_cache with a write slot per row: row b's k, v [K, T, H] go to slots
+    [index[b], index[b] + T) (index int32 [B]; the continuous engine's slots are at
+    different steps). A vmapped dynamic_update_slice, which XLA lowers to an in-place
+    scatter of T slots per row."""
+    if layer is None:
+        axes = _CACHE_AXES[1:]
+
+        def put(c, x, i):  # c [K, S, H], x [K, T, H]
+            return jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (0, i, 0))
+        put_rows = jax.vmap(put)
+    else:
+        axes = _CACHE_AXES
+
+        def put(c, x, i):  # c [L, K, S, H] (the stacked layers of one row), x [K, T, H]
+            return jax.lax.dynamic_update_slice(c, x[None].astype(c.dtype), (layer, 0, i, 0))
+        put_rows = jax.vmap(put, in_axes=(1, 0, 0), out_axes=1)
+    k_c = sharding.constrain(put_rows(k_c, k, index), axes)
+    v_c = sharding.constrain(put_rows(v_c, v, index), axes)
     if layer is None:
         return k_c, v_c, (k_c, v_c)
     keys = jax.lax.dynamic_index_in_dim(k_c, layer, 0, keepdims=False)  # [B, K, S, H]
@@ -573,7 +605,11 @@ def _run_traced(cfg, params, tokens, attention_mask, positions, cache, segment_i
         if T > S:
             raise ValueError(f"{T} new tokens do not fit a KV cache of {S} slots")
         prior = jnp.sum(cache.mask, axis=1, dtype=jnp.int32)  # valid slots per row [B]
-        key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))  # [B, S]
+        if cache.index.ndim == 1:  # a write slot per row (KVCache.index [B])
+            key_mask = jax.vmap(lambda m, x, i: jax.lax.dynamic_update_slice(m, x, (i,)))(
+                cache.mask, mask, cache.index)  # [B, S]
+        else:
+            key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))  # [B, S]
         attn_mask = attention.AttnMask(q_segment, key_mask.astype(jnp.int32),
                                        jnp.asarray(cache.index, jnp.int32))
         kv, index = (cache.k, cache.v), cache.index

@@ -43,8 +43,9 @@ def memory_plan(cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> dict:
     rules). Activations: per micro-batch, sharded over data x fsdp (batch) and tensor;
     with remat "full" only each layer's input is kept for the backward pass; otherwise a
     layer keeps roughly its q/k/v/o, MLP and norm activations (about 4D + 3F per token).
-    The KV cache of the sampler holds prompt + response for every rollout sequence, batch
-    over data x fsdp and kv-heads over tensor (sampling rules).
+    The KV cache of the sampler holds prompt + response for every rollout sequence (or
+    every chunk of sampling.max_batch_tokens, or the continuous engine's
+    sampling.decode_slots), batch over data x fsdp and kv-heads over tensor (sampling rules).
     """
     mc = model_cfg or model_config_for(cfg)
     mesh = cfg.mesh
@@ -77,6 +78,10 @@ def memory_plan(cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> dict:
         chunk_rows = max(1, cfg.sampling.max_batch_tokens // seq)
         kv_cache = min(kv_cache, 2 * L * max(1, chunk_rows // shards_batch) * seq * kv_heads_dev
                        * mc.head_dim * abytes)
+    if cfg.sampling.engine == "continuous" and cfg.sampling.decode_slots:
+        # The continuous engine's cache: decode_slots slots of prompt + response each.
+        kv_cache = 2 * L * max(1, cfg.sampling.decode_slots // shards_batch) * seq \
+            * kv_heads_dev * mc.head_dim * abytes
     parts = {"params": params, "optimizer_state": opt, "gradients": grads, "reference": reference,
              "activations (one micro-batch)": activations, "kv_cache (sampler)": kv_cache}
     return {

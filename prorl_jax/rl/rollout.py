@@ -8,7 +8,6 @@ reward pool, the verifiers). `collect` keeps generating batches of prompts until
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -110,15 +109,31 @@ class RolloutWorker:
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray, finished: np.ndarray) -> list[str]:
         """Response texts; the stop token itself is not part of the text."""
-        out = []
-        for row, n, done in zip(tokens, lengths, finished):
-            n = int(n) - (1 if done else 0)
-            out.append(self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=False))
-        return out
+        from prorl_jax.sampling.scoring import completion_ids
 
-    def sample(self, params, records: list, seed: int) -> tuple[Groups, dict]:
-        """One generation batch: sample n responses per prompt and score them."""
-        from prorl_jax.sampling import SamplingParams, generate
+        return [self._decode_ids(completion_ids(row, n, done))
+                for row, n, done in zip(tokens, lengths, finished)]
+
+    def _decode_ids(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def decode_params(self, params):
+        """The sampling-layout params of this policy version (built once per step and
+        shared by its generation batches), or None for the static engine."""
+        if self.cfg.sampling.engine != "continuous":
+            return None
+        from prorl_jax.sampling import decode_params
+
+        return decode_params(self.model_cfg, params, mesh=self.mesh)
+
+    def sample(self, params, records: list, seed: int, decode_params=None) -> tuple[Groups, dict]:
+        """One generation batch: sample n responses per prompt and score them.
+
+        Each response goes to the reward pool as soon as it is sampled (continuous engine),
+        so time/reward is only the wait for the verifiers after the last response.
+        """
+        from prorl_jax.sampling import SamplingParams
+        from prorl_jax.sampling.scoring import sample_and_score
 
         s = self.cfg.sampling
         encoded = [(r, self.formatter.encode(r)) for r in records]
@@ -133,20 +148,21 @@ class RolloutWorker:
         params_s = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                   max_new_tokens=s.max_new_tokens, n=s.n,
                                   stop_token_ids=self.stop_token_ids)
-        t0 = time.perf_counter()
-        out = generate(self.model_cfg, params, prompt_ids, params_s, seed=seed, mesh=self.mesh,
-                       max_batch_tokens=s.max_batch_tokens or None)
-        t1 = time.perf_counter()
-        texts = self.decode(out.tokens, out.lengths, out.finished)
-        items = [(rec.domain, texts[g * s.n + j], rec.ground_truth)
-                 for g, rec in enumerate(records) for j in range(s.n)]
-        scores = np.asarray(self.pool.score(items), np.float32)
-        t2 = time.perf_counter()
-        rewards = shape_rewards(self.cfg, scores, out.lengths, out.finished)
+
+        def item(row: int, text: str) -> tuple:
+            rec = records[row // s.n]
+            return rec.domain, text, rec.ground_truth
+
+        out = sample_and_score(self.model_cfg, params, prompt_ids, params_s, item=item,
+                               decode=self._decode_ids, score=self.pool, seed=seed,
+                               mesh=self.mesh, max_batch_tokens=s.max_batch_tokens or None,
+                               engine=s.engine, decode_slots=s.decode_slots,
+                               steps_per_sync=s.steps_per_sync, decode_params=decode_params)
+        rewards = shape_rewards(self.cfg, out.scores, out.lengths, out.finished)
         groups = Groups(records=records, prompt_ids=prompt_ids, tokens=np.asarray(out.tokens),
                         lengths=np.asarray(out.lengths), finished=np.asarray(out.finished),
-                        texts=texts, scores=scores, rewards=rewards)
-        return groups, {"time/rollout": t1 - t0, "time/reward": t2 - t1}
+                        texts=out.texts, scores=out.scores, rewards=rewards)
+        return groups, {"time/rollout": out.time_rollout, "time/reward": out.time_reward}
 
     def collect(self, params, iterator, seed_for_batch) -> tuple[Groups | None, dict]:
         """Dynamic sampling: returns up to prompts_per_step informative groups and metrics.
@@ -160,9 +176,11 @@ class RolloutWorker:
         kept_parts, all_parts = [], []
         kept_count, timings = 0, defaultdict(float)
         gen_batches = 0
+        layout_params = self.decode_params(params)  # once per policy version
         while kept_count < target and gen_batches < rl.max_gen_batches:
             records = iterator.next_batch(target)
-            groups, t = self.sample(params, records, seed_for_batch(gen_batches))
+            groups, t = self.sample(params, records, seed_for_batch(gen_batches),
+                                    decode_params=layout_params)
             for k, v in t.items():
                 timings[k] += v
             gen_batches += 1

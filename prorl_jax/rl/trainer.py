@@ -354,7 +354,10 @@ class Trainer:
                                 self.val_records, self.pool, n=v.n, temperature=v.temperature,
                                 top_p=v.top_p, max_new_tokens=v.max_new_tokens,
                                 stop_token_ids=(self.eos_id,), seed=self.cfg.seed, mesh=self.mesh,
-                                max_batch_tokens=self.cfg.sampling.max_batch_tokens or None)
+                                max_batch_tokens=self.cfg.sampling.max_batch_tokens or None,
+                                engine=self.cfg.sampling.engine,
+                                decode_slots=self.cfg.sampling.decode_slots,
+                                steps_per_sync=self.cfg.sampling.steps_per_sync)
 
     # ------------------------------------------------------------------ the loop
 

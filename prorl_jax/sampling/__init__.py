@@ -1,4 +1,5 @@
-"""Sampling: `generate` (prefill + jitted decode loop) and the sampling strategies.
+"""Sampling: `generate` (the continuous engine by default, the static one on request),
+`generate_stream` (rows as they finish) and the sampling strategies.
 
 Names resolve lazily so that `prorl-jax generate --help` does not import jax.
 """
@@ -7,7 +8,10 @@ import importlib
 
 _EXPORTS = {
     "GenerationOutput": "prorl_jax.sampling.sampler",
-    "generate": "prorl_jax.sampling.sampler",
+    "FinishedRow": "prorl_jax.sampling.engine",
+    "decode_params": "prorl_jax.sampling.engine",
+    "generate": "prorl_jax.sampling.engine",
+    "generate_stream": "prorl_jax.sampling.engine",
     "SamplingParams": "prorl_jax.sampling.strategies",
 }
 

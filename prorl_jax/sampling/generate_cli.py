@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts per sampler call (default 32)")
     parser.add_argument("--max-batch-tokens", type=int, default=0,
                         help="KV-cache budget per compiled chunk in token slots (0: none)")
+    parser.add_argument("--engine", default="continuous",
+                        help="continuous (decode slots refilled as rows finish; default) or "
+                             "static (chunks run until their longest row stops)")
+    parser.add_argument("--decode-slots", type=int, default=None,
+                        help="continuous engine: rows decoded at once (default: what "
+                             "--max-batch-tokens allows)")
 
 
 def _read_prompts(args) -> list[dict]:
@@ -117,6 +123,9 @@ def run(args) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out:
         check_output_file(args.out, "--out")
+    from prorl_jax.sampling.settings import check_engine_settings
+
+    check_engine_settings(args.engine, args.decode_slots)
     records = _read_prompts(args)
 
     import dataclasses
@@ -150,7 +159,8 @@ def run(args) -> int:
         for start in range(0, len(records), args.batch_size):
             batch = records[start:start + args.batch_size]
             out = generate(cfg, params, encoded[start:start + args.batch_size], sampling,
-                           seed=args.seed + start, max_batch_tokens=args.max_batch_tokens or None)
+                           seed=args.seed + start, max_batch_tokens=args.max_batch_tokens or None,
+                           engine=args.engine, decode_slots=args.decode_slots)
             for i, rec in enumerate(batch):
                 rows = range(i * args.n, (i + 1) * args.n)
                 texts = [_decode(tokenizer, out.tokens[r], int(out.lengths[r]),

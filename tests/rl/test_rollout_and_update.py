@@ -1,6 +1,8 @@
 """Dynamic sampling, the jitted GRPO update (micro-batching, non-finite skip, sharding)
 and reference resets, on a tiny random Qwen2."""
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,16 +27,22 @@ class ListIterator:
 
 
 class ConstantForSomePool:
-    """Rewards 0,1,0,1,... within a group for 'informative' prompts, all 0 otherwise."""
+    """Rewards 0,1,0,1,... over the samples of an 'informative' prompt in the order they
+    are scored (the continuous engine scores rows as they finish), all 0 otherwise."""
 
     def __init__(self, constant_ids):
         self.constant_ids = constant_ids
-        self.calls = 0
+        self.seen = collections.Counter()
+        self.items = 0
 
     def score(self, items):
-        self.calls += 1
-        return [0.0 if gt["entry"]["question"] in self.constant_ids else float(i % 2)
-                for i, (_, _, gt) in enumerate(items)]
+        out = []
+        for _, _, gt in items:
+            q = gt["entry"]["question"]
+            out.append(0.0 if q in self.constant_ids else float(self.seen[q] % 2))
+            self.seen[q] += 1
+        self.items += len(items)
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +74,8 @@ def test_dynamic_sampling_drops_constant_groups_and_refills(setup):
     pool = ConstantForSomePool(constant)
     worker, cfg = _worker(setup, pool, max_gen_batches=3, on_max_gen_batches="error")
     kept, m = worker.collect(params, ListIterator(records), lambda i: i)
-    assert m["gen_batches"] == 2 and pool.calls == 2  # refilled once
+    assert m["gen_batches"] == 2  # refilled once
+    assert pool.items == 2 * cfg.rl.prompts_per_step * cfg.sampling.n
     assert kept.num_groups == cfg.rl.prompts_per_step
     assert not {r.ground_truth["entry"]["question"] for r in kept.records} & constant
     assert m["filtered_fraction"] == pytest.approx(0.5)  # 2 of 4 generated groups constant

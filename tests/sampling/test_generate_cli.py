@@ -114,6 +114,8 @@ def test_sampling_options_reach_the_sampler(model_dir, tmp_path, capsys):
     (["--prompts", "{chat}"], "pass --chat"),
     (["--prompts", "/nonexistent.jsonl"], "prompts file not found"),
     (["--prompt", "the", "--top-p", "0"], "top_p"),
+    (["--prompt", "the", "--engine", "paged"], "sampling.engine"),
+    (["--prompt", "the", "--decode-slots", "0"], "sampling.decode_slots"),
 ])
 def test_user_errors_exit_2_with_one_line(model_dir, tmp_path, capsys, argv, message):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "the"}\nnot json\n')

@@ -11,7 +11,8 @@ import pytest
 from prorl_jax.errors import UserError
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
-from prorl_jax.sampling import GenerationOutput, SamplingParams, generate, sampler
+from prorl_jax.sampling import GenerationOutput, SamplingParams, sampler
+from prorl_jax.sampling.sampler import generate  # the static engine, the reference
 from prorl_jax.sharding import make_mesh
 
 CFG = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
