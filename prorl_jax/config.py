@@ -85,8 +85,6 @@ class SamplingConfig:
 
 
 ADVANTAGES = ("grpo", "rloo", "reinforce_pp_baseline")
-AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_KINDS = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl", "k1+", "k3+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +112,9 @@ class RLConfig:
     nontermination_penalty: float | None = None  # reward given to responses without EOS
 
     def __post_init__(self):
+        # The loss library owns the lists (lazy: it imports jax, this module must not).
+        from prorl_jax.rl.losses import AGG_MODES, KL_KINDS
+
         if self.advantage not in ADVANTAGES:
             raise ConfigError(f"rl.advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
         if self.loss_agg not in AGG_MODES:

@@ -114,3 +114,26 @@ def test_every_config_key_is_documented():
     missing = [f"{cls.__name__}.{f.name}" for cls in sections for f in dataclasses.fields(cls)
                if f"`{f.name}`" not in doc]
     assert not missing
+
+
+def test_config_accepts_exactly_the_loss_library_kl_and_aggregation_names():
+    import jax.numpy as jnp
+
+    from prorl_jax.rl import losses
+
+    logp, ref, mask = jnp.zeros((1, 2)), jnp.full((1, 2), -0.5), jnp.ones((1, 2))
+    for kind in losses.KL_KINDS:  # every estimator the loss knows is configurable ...
+        assert RLConfig(kl_kind=kind).kl_kind == kind
+        losses.kl_penalty(logp, ref, kind)
+    for mode in losses.AGG_MODES:
+        assert RLConfig(loss_agg=mode).loss_agg == mode
+        losses.aggregate(logp, mask, mode)
+    assert {"abs+", "k2+", "low_var_kl+"} <= set(losses.KL_KINDS)  # the names that drifted
+    for bad in ("k4", "low_var_kl++", ""):  # ... and a name the loss rejects, the config rejects
+        with pytest.raises(ConfigError):
+            losses.kl_penalty(logp, ref, bad)
+        with pytest.raises(ConfigError, match="rl.kl_kind"):
+            RLConfig(kl_kind=bad)
+    with pytest.raises(ConfigError, match="rl.loss_agg"):
+        RLConfig(loss_agg="seq-sum")
+    assert losses.SEQ_MEAN_MODES == tuple(m for m in losses.AGG_MODES if m != "token-mean")

@@ -28,6 +28,7 @@ __all__ = [
     "AGG_MODES",
     "DEFAULT_CHUNK_SIZE",
     "KL_KINDS",
+    "SEQ_MEAN_MODES",
     "aggregate",
     "entropy_from_hidden",
     "entropy_from_logits",
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+# The modes that average over sequences (the normaliser counts rows, not tokens).
+SEQ_MEAN_MODES = tuple(m for m in AGG_MODES if m.startswith("seq-mean"))
 
 # Every accepted KL name -> its canonical estimator.
 _KL_ALIASES = {"k1": "k1", "kl": "k1", "abs": "abs", "k2": "k2", "mse": "k2",

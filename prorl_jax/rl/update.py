@@ -20,9 +20,6 @@ from prorl_jax.config import RLConfig
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
 
-SEQ_MEAN_MODES = ("seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-
-
 def response_logprobs(cfg: ModelConfig, params, tokens, attention_mask, prompt_len: int,
                       temperature: float, *, with_entropy: bool = False,
                       chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
@@ -68,7 +65,7 @@ def micro_weights(response_mask, micro_batches: int, agg: str):
       float32 [M], summing to 1 (0 for micro-batches with nothing valid).
     """
     m = np.asarray(response_mask, bool).reshape(micro_batches, -1, response_mask.shape[-1])
-    if agg in SEQ_MEAN_MODES:
+    if agg in losses.SEQ_MEAN_MODES:
         counts = m.any(-1).sum(-1).astype(np.float64)
     else:
         counts = m.sum((-2, -1)).astype(np.float64)

@@ -153,20 +153,3 @@ def strategy_for(sampling: SamplingParams, vocab_size: int) -> Strategy:
     top_k = sampling.top_k if 0 < sampling.top_k < vocab_size else 0
     return Categorical(temperature=float(sampling.temperature), top_p=float(sampling.top_p),
                        top_k=top_k, use_top_p=sampling.top_p < 1.0)
-
-
-def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature) -> jax.Array:
-    """log softmax(logits / temperature) at `tokens` (the untruncated distribution).
-
-    Args:
-      logits: float32 [..., V].
-      tokens: int32 [...].
-      temperature: scalar > 0.
-    Returns:
-      float32 [...].
-    """
-    # The trainer's formula (rl.logprobs): picked logit minus logsumexp, which also skips
-    # writing a [..., V] log-softmax only to read one entry of it.
-    scaled = logits.astype(jnp.float32) / temperature
-    picked = jnp.take_along_axis(scaled, tokens[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(scaled, axis=-1)
