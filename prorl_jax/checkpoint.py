@@ -3,7 +3,8 @@
 Layout (RUN_DIR/checkpoints/<step>/): three Orbax items
     params  the policy params (all that `convert orbax-to-hf` needs)
     state   everything else that must survive a restart: optimizer state, reference
-            params, rng, step (a pytree; absent in params-only checkpoints)
+            params, step (a pytree; absent in params-only checkpoints; checkpoints written
+            before 2026-12 also hold an unused PRNG key "rng", which restores ignore)
     meta    JSON: {"model_config": <HF config dict>, "data_iterator": ..., ...}
 
 Orbax writes each step into a temporary directory and renames it when done; we also
@@ -88,6 +89,14 @@ class Checkpointer:
         self.wait()
         steps = complete_steps(self.directory)
         return steps[-1] if steps else None
+
+    def saved_state(self, step: int) -> dict:
+        """{key: array metadata (shape, dtype)} of the top level of step `step`'s "state"
+        item ({} when it has none), read without restoring anything."""
+        meta = self._manager.item_metadata(step)
+        if "state" not in meta.keys() or meta["state"] is None:
+            return {}
+        return dict(meta["state"].items())
 
     def restore(self, step: int | None = None, *, params_target: Any = None,
                 state_target: Any = None, with_state: bool = True):

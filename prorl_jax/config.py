@@ -28,15 +28,17 @@ CONFIG_DIRS = (pathlib.Path(__file__).resolve().parent.parent / "configs",
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    """Which model to train: `path` (a local HF dir) or a random init from `preset` / `config`.
+    """Which model to train: `path` (a local HF dir) or a random init from `preset` / `config`
+    with the tokenizer of the checkpoint directory `tokenizer`.
 
     `preset` given together with `path` names the architecture the checkpoint must have;
     `train --dry-run` uses it when the checkpoint is not on this machine.
     """
 
-    path: str | None = None  # local Hugging Face checkpoint directory
+    path: str | None = None  # local Hugging Face checkpoint directory (or builtin:NAME)
     preset: str | None = None  # a named architecture, randomly initialised
     config: ModelConfig | None = None  # a literal architecture, randomly initialised
+    tokenizer: str | None = None  # random init only: a directory holding the tokenizer
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | save_dots
@@ -44,6 +46,9 @@ class ModelSection:
     def __post_init__(self):
         if self.config is not None and (self.path is not None or self.preset is not None):
             raise ConfigError("model: give either config or path/preset, not both")
+        if self.tokenizer is not None and self.path is not None:
+            raise ConfigError("model.tokenizer is for a random init; a model.path checkpoint "
+                              "brings its own tokenizer")
         ModelConfig(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
 
 

@@ -20,6 +20,7 @@ from prorl_jax.config import RLConfig
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
 
+
 def response_logprobs(cfg: ModelConfig, params, tokens, attention_mask, prompt_len: int,
                       temperature: float, *, with_entropy: bool = False,
                       chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
