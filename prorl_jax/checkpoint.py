@@ -93,10 +93,10 @@ class Checkpointer:
     def saved_state(self, step: int) -> dict:
         """{key: array metadata (shape, dtype)} of the top level of step `step`'s "state"
         item ({} when it has none), read without restoring anything."""
-        meta = self._manager.item_metadata(step)
-        if "state" not in meta.keys() or meta["state"] is None:
+        state_dir = self.directory / str(step) / "state"
+        if not state_dir.is_dir():
             return {}
-        return dict(meta["state"].items())
+        return dict(ocp.StandardCheckpointHandler().metadata(state_dir).items())
 
     def restore(self, step: int | None = None, *, params_target: Any = None,
                 state_target: Any = None, with_state: bool = True):
