@@ -17,6 +17,8 @@ import yaml
 
 from prorl_jax.errors import ConfigError
 from prorl_jax.model.config import ModelConfig
+from prorl_jax.rl.loss_names import AGG_MODES, KL_KINDS  # the loss library's names
+from prorl_jax.sampling.checks import check_sampling
 
 # Shipped configs live in the repository's configs/ (an editable install finds them there).
 CONFIG_DIRS = (pathlib.Path(__file__).resolve().parent.parent / "configs",
@@ -77,16 +79,10 @@ class SamplingConfig:
     max_batch_tokens: int = 0  # KV-cache budget per sampler call in tokens; 0 = no chunking
 
     def __post_init__(self):
-        if self.n < 1:
-            raise ConfigError(f"sampling.n must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise ConfigError(f"sampling.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ConfigError(f"sampling.top_k must be >= 0, got {self.top_k}")
-        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
-            raise ConfigError("sampling.max_new_tokens and sampling.max_prompt_tokens must be >= 1")
+        check_sampling("sampling", temperature=self.temperature, top_p=self.top_p,
+                       top_k=self.top_k, max_new_tokens=self.max_new_tokens, n=self.n)
+        if self.max_prompt_tokens < 1:
+            raise ConfigError(f"sampling.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
 
 
 ADVANTAGES = ("grpo", "rloo", "reinforce_pp_baseline")
@@ -117,9 +113,6 @@ class RLConfig:
     nontermination_penalty: float | None = None  # reward given to responses without EOS
 
     def __post_init__(self):
-        # The loss library owns the lists (lazy: it imports jax, this module must not).
-        from prorl_jax.rl.losses import AGG_MODES, KL_KINDS
-
         if self.advantage not in ADVANTAGES:
             raise ConfigError(f"rl.advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
         if self.loss_agg not in AGG_MODES:
@@ -270,8 +263,10 @@ class ValidationConfig:
     max_new_tokens: int = 8192
 
     def __post_init__(self):
-        if self.every_steps < 0 or self.num_prompts < 1 or self.n < 1:
-            raise ConfigError("validation.every_steps >= 0, num_prompts >= 1 and n >= 1 required")
+        if self.every_steps < 0 or self.num_prompts < 1:
+            raise ConfigError("validation.every_steps >= 0 and num_prompts >= 1 required")
+        check_sampling("validation", temperature=self.temperature, top_p=self.top_p,
+                       max_new_tokens=self.max_new_tokens, n=self.n)
 
 
 @dataclasses.dataclass(frozen=True)
