@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import types
 import typing
 from typing import Any
@@ -450,6 +451,25 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _check_override_key(cls: type, parts: list[str], text: str) -> None:
+    """Raises ConfigError naming the override when `parts` is not a key of `cls`."""
+    tp = cls
+    for depth, part in enumerate(parts):
+        if tp is dict or typing.get_origin(tp) is dict:
+            return  # a free-form mapping (e.g. data.suffixes.<domain>)
+        key = ".".join(parts[:depth + 1])
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"--set {text}: '{'.'.join(parts[:depth])}' is not a section, "
+                              f"so '{key}' is not a key")
+        fields = {f.name for f in dataclasses.fields(tp) if f.init}
+        if part not in fields:
+            raise ConfigError(f"--set {text}: unknown key '{key}' "
+                              f"(valid: {', '.join(sorted(fields))})")
+        tp = typing.get_type_hints(tp)[part]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None -> X
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+
+
 def load_yaml(path: str | pathlib.Path) -> dict:
     path = pathlib.Path(path)
     if not path.is_file():
@@ -471,15 +491,25 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = (
                 cls: type = TrainConfig):
     """Loads a YAML file (None: the defaults), applies --set overrides, validates.
 
-    Errors name the dotted key and the file: `configs/x.yaml: unknown key 'rl.foo'`.
+    Errors name the dotted key and where it came from: `configs/x.yaml: unknown key
+    'rl.foo'`, or `--set rl.foo=1: unknown key 'rl.foo'` for a key given on the command line.
     """
     data = load_yaml(path) if path is not None else {}
+    given = {}  # dotted key -> the override text that set it
+    for text in overrides:
+        parts, _ = parse_override(text)
+        _check_override_key(cls, parts, text)
+        given[".".join(parts)] = text
     data = apply_overrides(data, list(overrides))
     try:
         return build(cls, data)
     except ConfigError as e:
-        where = str(path) if path is not None else "--set"
-        raise ConfigError(f"{where}: {e}") from None
+        msg = str(e)
+        # Value errors start with the dotted key they concern.
+        culprit = next((t for k, t in given.items() if re.match(re.escape(k) + r"\b", msg)), None)
+        where = (f"--set {culprit}" if culprit is not None
+                 else str(path) if path is not None else "--set")
+        raise ConfigError(f"{where}: {msg}") from None
 
 
 def resolve_config_path(name: str | None) -> pathlib.Path:

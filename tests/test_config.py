@@ -86,6 +86,23 @@ def test_bad_config_is_one_line_with_key_and_file(tmp_path, capsys, text, expect
 def test_bad_override_names_key():
     with pytest.raises(ConfigError, match="unknown key 'rl.nope'"):
         load_config(None, ["rl.nope=1"])
+
+
+def test_bad_override_names_the_override_not_the_file():
+    demo = resolve_config_path("demo")
+    for override, expected in [
+        ("rl.foo=1", "--set rl.foo=1: unknown key 'rl.foo' (valid: "),
+        ("rl.clip_low.x=1", "--set rl.clip_low.x=1: 'rl.clip_low' is not a section"),
+        ("rl.kl_kind=k9", "--set rl.kl_kind=k9: rl.kl_kind must be one of"),
+        ("sampling.n=four", "--set sampling.n=four: sampling.n: expected an integer"),
+        ("nope=1", "--set nope=1: unknown key 'nope'"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config(demo, ["steps=3", override])
+        assert str(e.value).startswith(expected), str(e.value)
+        assert str(demo) not in str(e.value)
+    # Free-form mappings (here domain -> suffix) take any key.
+    assert load_config(demo, ["data.suffixes.math=Box it."]).data.suffixes["math"] == "Box it."
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["rl.kl_coef"])
 

@@ -37,7 +37,7 @@ from prorl_jax.rl import batch as batching
 from prorl_jax.rl import state as state_lib
 from prorl_jax.rl.metrics_log import MetricsLogger
 from prorl_jax.rl.rollout import RolloutWorker
-from prorl_jax.rl.update import batch_logprobs, make_train_step, micro_weights
+from prorl_jax.rl.update import batch_logprobs, combines_by_max, make_train_step, micro_weights
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class Trainer:
                 collected.append(m)
         self.state = self.state.replace(params=params, opt_state=opt_state)
         stacked = {k: np.asarray([float(m[k]) for m in collected]) for k in collected[0]}
-        out = {k: float(v.max() if k.endswith("max") else v.mean()) for k, v in stacked.items()}
+        out = {k: float(v.max() if combines_by_max(k) else v.mean()) for k, v in stacked.items()}
         out["skipped"] = float(stacked["skipped"].sum())
         # The rollout policy's entropy (at the rollout temperature), same aggregation as the loss.
         out["entropy"] = float(losses.aggregate(entropy, arrays["response_mask"], cfg.rl.loss_agg))
