@@ -193,11 +193,9 @@ def test_same_verdicts_as_the_reference(reference, iid):
 
 
 def test_deliberate_difference_keywords_are_literal(reference):
-    import re
-
     checker = reference["keywords:existence"]("keywords:existence")
     checker.build_description(keywords=["c++"])
-    with pytest.raises(re.error):  # the reference compiles the keyword as a regex
-        checker.check_following("I write c++ daily.")
-    assert ours.keywords_existence("I write c++ daily.", ["c++"])
+    # The reference compiles the keyword as a regex: "c++" (c, repeated) is found in "c".
+    assert checker.check_following("I write c daily.")
     assert not ours.keywords_existence("I write c daily.", ["c++"])
+    assert ours.keywords_existence("I write C++ daily.", ["c++"])
