@@ -99,9 +99,7 @@ class Trainer:
         self.console = console
         self.manual_reset = reset_reference
         ckpt_dir = self.run_dir / "checkpoints"
-        # Every check that can fail on the config or the model name runs before anything
-        # is written to the run directory.
-        model_dir = _model_dir(cfg)
+        model_dir = _model_dir(cfg)  # checked before anything is written to the run dir
         if not resume and complete_steps(ckpt_dir):
             raise ConfigError(f"{self.run_dir} already holds checkpoints: resume it with "
                               f"--resume {self.run_dir}, or pick another --run-dir")
@@ -134,15 +132,14 @@ class Trainer:
         from prorl_jax.tokenizer import load_tokenizer, stop_token_ids
 
         self.tokenizer = load_tokenizer(self.model_dir)
-        if len(self.tokenizer) > model_cfg.vocab_size:
+        if cfg.model.path is None and len(self.tokenizer) > model_cfg.vocab_size:
             raise ConfigError(f"model.tokenizer: {self.model_dir} has {len(self.tokenizer)} tokens, "
                               f"more than the model's vocab_size {model_cfg.vocab_size}")
         # Rollouts and validation stop where `prorl-jax eval` and `generate` stop.
         self.stop_ids = stop_token_ids(self.model_dir, self.tokenizer, model_cfg)
-        pad = self.tokenizer.pad_token_id
-        for fallback in (self.tokenizer.eos_token_id, model_cfg.eos_token_id, self.stop_ids[0]):
-            pad = fallback if pad is None else pad
-        self.pad_id = int(pad)
+        candidates = (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                      model_cfg.eos_token_id, self.stop_ids[0])
+        self.pad_id = int(next(t for t in candidates if t is not None))
         self.formatter = data_lib.ChatFormatter(self.tokenizer, cfg.data.suffixes or None,
                                                 cfg.sampling.max_prompt_tokens,
                                                 use_chat_template=cfg.data.use_chat_template)
