@@ -72,3 +72,26 @@ def test_resumes_a_checkpoint_that_still_holds_an_rng(tiny_model_dir, make_confi
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     finally:
         resumed.close()
+
+
+def test_reset_due_is_a_predicate_and_the_caller_keeps_the_kl_streak(tiny_model_dir, make_config):
+    import copy
+
+    from prorl_jax.rl.trainer import Counters
+
+    trainer = Trainer.__new__(Trainer)  # only the config and counters: no model needed
+    trainer.cfg = make_config(tiny_model_dir, steps=100,
+                              reference_reset={"kl_fraction": 0.5, "kl_patience": 2})
+    trainer.counters = Counters()
+    dominated = {"kl": 10.0, "pg_loss": 1e-3}  # kl_coef 1e-2 * 10 > 0.5 * 1e-3
+    calm = {"kl": 0.0, "pg_loss": 1.0}
+    before = copy.deepcopy(trainer.counters)
+    assert trainer._reset_due(1, dominated) is None
+    assert trainer.counters == before  # asking changes nothing
+    reasons = []
+    for step, m in enumerate([dominated, calm, dominated, dominated], start=1):
+        trainer.counters.kl_streak = trainer._kl_streak_after(m)
+        reasons.append(trainer._reset_due(step, m))
+    assert trainer.counters.kl_streak == 2
+    assert reasons[:3] == [None, None, None] and "KL term above 0.5" in reasons[3]
+    assert trainer._kl_streak_after({}) == 2  # a step without KL leaves the streak alone
