@@ -3,7 +3,8 @@
 Layout (RUN_DIR/checkpoints/<step>/): three Orbax items
     params  the policy params (all that `convert orbax-to-hf` needs)
     state   everything else that must survive a restart: optimizer state, reference
-            params, rng, step (a pytree; absent in params-only checkpoints)
+            params, step (a pytree; absent in params-only checkpoints; checkpoints written
+            before 2026-12 also hold an unused PRNG key "rng", which restores ignore)
     meta    JSON: {"model_config": <HF config dict>, "data_iterator": ..., ...}
 
 Orbax writes each step into a temporary directory and renames it when done; we also
@@ -95,6 +96,14 @@ class Checkpointer:
         self.wait()
         steps = complete_steps(self.directory)
         return steps[-1] if steps else None
+
+    def saved_state(self, step: int) -> dict:
+        """{key: array metadata (shape, dtype)} of the top level of step `step`'s "state"
+        item ({} when it has none), read without restoring anything."""
+        state_dir = self.directory / str(step) / "state"
+        if not state_dir.is_dir():
+            return {}
+        return dict(ocp.StandardCheckpointHandler().metadata(state_dir).items())
 
     def restore(self, step: int | None = None, *, params_target: Any = None,
                 state_target: Any = None, with_state: bool = True):

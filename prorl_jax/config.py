@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import types
 import typing
 from typing import Any
@@ -17,6 +18,8 @@ import yaml
 
 from prorl_jax.errors import ConfigError
 from prorl_jax.model.config import ModelConfig
+from prorl_jax.rl.loss_names import AGG_MODES, KL_KINDS  # the loss library's names
+from prorl_jax.sampling.checks import check_sampling
 from prorl_jax.sampling.settings import check_engine_settings
 
 # Shipped configs live inside the package (prorl_jax/configs, listed in pyproject's
@@ -30,15 +33,17 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    """Which model to train: `path` (a local HF dir) or a random init from `preset` / `config`.
+    """Which model to train: `path` (a local HF dir) or a random init from `preset` / `config`
+    with the tokenizer of the checkpoint directory `tokenizer`.
 
     `preset` given together with `path` names the architecture the checkpoint must have;
     `train --dry-run` uses it when the checkpoint is not on this machine.
     """
 
-    path: str | None = None  # local Hugging Face checkpoint directory
+    path: str | None = None  # local Hugging Face checkpoint directory (or builtin:NAME)
     preset: str | None = None  # a named architecture, randomly initialised
     config: ModelConfig | None = None  # a literal architecture, randomly initialised
+    tokenizer: str | None = None  # random init only: a directory holding the tokenizer
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | save_dots
@@ -49,6 +54,9 @@ class ModelSection:
     def __post_init__(self):
         if self.config is not None and (self.path is not None or self.preset is not None):
             raise ConfigError("model: give either config or path/preset, not both")
+        if self.tokenizer is not None and self.path is not None:
+            raise ConfigError("model.tokenizer is for a random init; a model.path checkpoint "
+                              "brings its own tokenizer")
         ModelConfig(**self.numerics())
 
     def numerics(self) -> dict:
@@ -86,23 +94,15 @@ class SamplingConfig:
     steps_per_sync: int = 16  # continuous engine: decode steps per block between host syncs
 
     def __post_init__(self):
-        if self.n < 1:
-            raise ConfigError(f"sampling.n must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise ConfigError(f"sampling.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ConfigError(f"sampling.top_k must be >= 0, got {self.top_k}")
-        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
-            raise ConfigError("sampling.max_new_tokens and sampling.max_prompt_tokens must be >= 1")
+        check_sampling("sampling", temperature=self.temperature, top_p=self.top_p,
+                       top_k=self.top_k, max_new_tokens=self.max_new_tokens, n=self.n)
+        if self.max_prompt_tokens < 1:
+            raise ConfigError(f"sampling.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
         check_engine_settings(self.engine, self.decode_slots, self.steps_per_sync,
                               self.max_batch_tokens or None, self.max_new_tokens)
 
 
 ADVANTAGES = ("grpo", "rloo", "reinforce_pp_baseline")
-AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_KINDS = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl", "k1+", "k3+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,8 +287,10 @@ class ValidationConfig:
     max_new_tokens: int = 8192
 
     def __post_init__(self):
-        if self.every_steps < 0 or self.num_prompts < 1 or self.n < 1:
-            raise ConfigError("validation.every_steps >= 0, num_prompts >= 1 and n >= 1 required")
+        if self.every_steps < 0 or self.num_prompts < 1:
+            raise ConfigError("validation.every_steps >= 0 and num_prompts >= 1 required")
+        check_sampling("validation", temperature=self.temperature, top_p=self.top_p,
+                       max_new_tokens=self.max_new_tokens, n=self.n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,6 +486,25 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _check_override_key(cls: type, parts: list[str], text: str) -> None:
+    """Raises ConfigError naming the override when `parts` is not a key of `cls`."""
+    tp = cls
+    for depth, part in enumerate(parts):
+        if tp is dict or typing.get_origin(tp) is dict:
+            return  # a free-form mapping (e.g. data.suffixes.<domain>)
+        key = ".".join(parts[:depth + 1])
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"--set {text}: '{'.'.join(parts[:depth])}' is not a section, "
+                              f"so '{key}' is not a key")
+        fields = {f.name for f in dataclasses.fields(tp) if f.init}
+        if part not in fields:
+            raise ConfigError(f"--set {text}: unknown key '{key}' "
+                              f"(valid: {', '.join(sorted(fields))})")
+        tp = typing.get_type_hints(tp)[part]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None -> X
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+
+
 def load_yaml(path: str | pathlib.Path) -> dict:
     path = pathlib.Path(path)
     if not path.is_file():
@@ -505,15 +526,25 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = (
                 cls: type = TrainConfig):
     """Loads a YAML file (None: the defaults), applies --set overrides, validates.
 
-    Errors name the dotted key and the file: `configs/x.yaml: unknown key 'rl.foo'`.
+    Errors name the dotted key and where it came from: `configs/x.yaml: unknown key
+    'rl.foo'`, or `--set rl.foo=1: unknown key 'rl.foo'` for a key given on the command line.
     """
     data = load_yaml(path) if path is not None else {}
+    given = {}  # dotted key -> the override text that set it
+    for text in overrides:
+        parts, _ = parse_override(text)
+        _check_override_key(cls, parts, text)
+        given[".".join(parts)] = text
     data = apply_overrides(data, list(overrides))
     try:
         return build(cls, data)
     except ConfigError as e:
-        where = str(path) if path is not None else "--set"
-        raise ConfigError(f"{where}: {e}") from None
+        msg = str(e)
+        # Value errors start with the dotted key they concern.
+        culprit = next((t for k, t in given.items() if re.match(re.escape(k) + r"\b", msg)), None)
+        where = (f"--set {culprit}" if culprit is not None
+                 else str(path) if path is not None else "--set")
+        raise ConfigError(f"{where}: {msg}") from None
 
 
 def resolve_config_path(name: str | None) -> pathlib.Path:

@@ -26,12 +26,15 @@ def builtin_names() -> list[str]:
     return sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_dir())
 
 
-def resolve_model_dir(spec: str | os.PathLike, what: str = "model directory") -> str:
+def resolve_model_dir(spec: str | os.PathLike, what: str = "model directory", *,
+                      must_exist: bool = True) -> str:
     """A model argument -> its checkpoint directory.
 
     Args:
       spec: a local directory, or "builtin:NAME" for prorl_jax/assets/NAME.
       what: how the message names the argument.
+      must_exist: False resolves without checking (the dry-run planner, which falls back
+        to model.preset for a checkpoint that is not on this machine).
 
     Returns:
       the directory path (`~` expanded).
@@ -40,6 +43,10 @@ def resolve_model_dir(spec: str | os.PathLike, what: str = "model directory") ->
       CheckpointError: the directory does not exist (or NAME is not shipped).
     """
     spec = os.fspath(spec)
+    if not must_exist:
+        if spec.startswith(BUILTIN_PREFIX):
+            return str(ASSETS_DIR / spec[len(BUILTIN_PREFIX):])
+        return os.path.expanduser(spec)
     if spec.startswith(BUILTIN_PREFIX):
         name = spec[len(BUILTIN_PREFIX):]
         path = ASSETS_DIR / name

@@ -60,3 +60,30 @@ def load_tokenizer(path: str | pathlib.Path):
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: no loadable tokenizer ({type(e).__name__}: {e})") from None
+
+
+def stop_token_ids(model_dir: str | pathlib.Path, tokenizer, model_cfg) -> tuple[int, ...]:
+    """The token ids that end a completion of a checkpoint: its EOS ids from the tokenizer,
+    config.json (`model_cfg.eos_token_id`) and generation_config.json together.
+
+    Instruct checkpoints often list several EOS ids in generation_config.json only (e.g.
+    <|im_end|> and <|endoftext|>); training rollouts, validation, `prorl-jax eval` and
+    `prorl-jax generate` all stop on this one set.
+
+    Returns:
+      the sorted distinct ids.
+    Raises:
+      CheckpointError: generation_config.json is unreadable, or no source names an EOS.
+    """
+    ids = {int(v) for v in (tokenizer.eos_token_id, model_cfg.eos_token_id) if v is not None}
+    gen_path = pathlib.Path(model_dir) / "generation_config.json"
+    if gen_path.is_file():
+        try:
+            eos = json.loads(gen_path.read_text(encoding="utf-8")).get("eos_token_id")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise CheckpointError(f"{gen_path} is not a valid JSON object: {e}") from None
+        if eos is not None:
+            ids.update(int(e) for e in (eos if isinstance(eos, list | tuple) else [eos]))
+    if not ids:
+        raise CheckpointError(f"{model_dir}: no eos token in the tokenizer or the configs")
+    return tuple(sorted(ids))

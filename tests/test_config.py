@@ -87,6 +87,23 @@ def test_bad_config_is_one_line_with_key_and_file(tmp_path, capsys, text, expect
 def test_bad_override_names_key():
     with pytest.raises(ConfigError, match="unknown key 'rl.nope'"):
         load_config(None, ["rl.nope=1"])
+
+
+def test_bad_override_names_the_override_not_the_file():
+    demo = resolve_config_path("demo")
+    for override, expected in [
+        ("rl.foo=1", "--set rl.foo=1: unknown key 'rl.foo' (valid: "),
+        ("rl.clip_low.x=1", "--set rl.clip_low.x=1: 'rl.clip_low' is not a section"),
+        ("rl.kl_kind=k9", "--set rl.kl_kind=k9: rl.kl_kind must be one of"),
+        ("sampling.n=four", "--set sampling.n=four: sampling.n: expected an integer"),
+        ("nope=1", "--set nope=1: unknown key 'nope'"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config(demo, ["steps=3", override])
+        assert str(e.value).startswith(expected), str(e.value)
+        assert str(demo) not in str(e.value)
+    # Free-form mappings (here domain -> suffix) take any key.
+    assert load_config(demo, ["data.suffixes.math=Box it."]).data.suffixes["math"] == "Box it."
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["rl.kl_coef"])
 
@@ -124,3 +141,26 @@ def test_set_mapping_merges_and_lists_replace():
     assert out["rl"] == {"prompts_per_step": 16, "kl_coef": 0.1}
     assert out["data"] == {"val_sources": [], "seed": 3}
     assert base["rl"]["kl_coef"] == 1e-3  # the loaded file's dict is not modified
+
+
+def test_config_accepts_exactly_the_loss_library_kl_and_aggregation_names():
+    import jax.numpy as jnp
+
+    from prorl_jax.rl import losses
+
+    logp, ref, mask = jnp.zeros((1, 2)), jnp.full((1, 2), -0.5), jnp.ones((1, 2))
+    for kind in losses.KL_KINDS:  # every estimator the loss knows is configurable ...
+        assert RLConfig(kl_kind=kind).kl_kind == kind
+        losses.kl_penalty(logp, ref, kind)
+    for mode in losses.AGG_MODES:
+        assert RLConfig(loss_agg=mode).loss_agg == mode
+        losses.aggregate(logp, mask, mode)
+    assert {"abs+", "k2+", "low_var_kl+"} <= set(losses.KL_KINDS)  # the names that drifted
+    for bad in ("k4", "low_var_kl++", ""):  # ... and a name the loss rejects, the config rejects
+        with pytest.raises(ConfigError):
+            losses.kl_penalty(logp, ref, bad)
+        with pytest.raises(ConfigError, match="rl.kl_kind"):
+            RLConfig(kl_kind=bad)
+    with pytest.raises(ConfigError, match="rl.loss_agg"):
+        RLConfig(loss_agg="seq-sum")
+    assert losses.SEQ_MEAN_MODES == tuple(m for m in losses.AGG_MODES if m != "token-mean")

@@ -36,9 +36,9 @@ def test_size_limit():
 
 
 def test_builtin_path_resolves_to_the_asset():
-    from prorl_jax.rl.trainer import resolve_model_path
+    from prorl_jax.paths import resolve_model_dir
 
-    assert resolve_model_path("builtin:demo_base").resolve() == BASE.resolve()
+    assert pathlib.Path(resolve_model_dir("builtin:demo_base")).resolve() == BASE.resolve()
 
 
 def test_tokenizer_special_tokens(tokenizer, demo_task):

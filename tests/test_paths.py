@@ -61,3 +61,10 @@ def test_check_output_file(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(UserError, match="not a directory"):
         check_output_file(tmp_path / "f" / "x.jsonl", "--out")
+
+
+def test_resolve_without_checking_for_the_dry_run_planner(tmp_path):
+    from prorl_jax.paths import ASSETS_DIR, resolve_model_dir
+
+    assert resolve_model_dir("builtin:nothing_here", must_exist=False) == str(ASSETS_DIR / "nothing_here")
+    assert resolve_model_dir(tmp_path / "missing", must_exist=False) == str(tmp_path / "missing")

@@ -1,4 +1,5 @@
-"""load_tokenizer honours a checkpoint's own non-byte-level tokenizer.json."""
+"""load_tokenizer honours a checkpoint's own non-byte-level tokenizer.json; stop_token_ids
+merges every EOS source of a checkpoint."""
 
 import json
 
@@ -7,7 +8,7 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from prorl_jax.errors import CheckpointError
-from prorl_jax.tokenizer import load_tokenizer
+from prorl_jax.tokenizer import load_tokenizer, stop_token_ids
 
 
 @pytest.fixture()
@@ -44,3 +45,22 @@ def test_missing_tokenizer_is_a_checkpoint_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text("not json")
     with pytest.raises(CheckpointError, match="no loadable tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_stop_token_ids_merge_all_sources(tmp_path):
+    import types
+
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 9]}))
+    tok = types.SimpleNamespace(eos_token_id=3)
+    cfg = types.SimpleNamespace(eos_token_id=9)
+    assert stop_token_ids(str(tmp_path), tok, cfg) == (3, 7, 9)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 4}))
+    assert stop_token_ids(tmp_path, tok, cfg) == (3, 4, 9)
+    (tmp_path / "generation_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="generation_config.json is not a valid JSON"):
+        stop_token_ids(tmp_path, tok, cfg)
+    empty = tmp_path / "e"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no eos token"):
+        stop_token_ids(str(empty), types.SimpleNamespace(eos_token_id=None),
+                       types.SimpleNamespace(eos_token_id=None))

@@ -20,7 +20,6 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from prorl_jax.errors import CheckpointError
 from prorl_jax.eval.passk import DEFAULT_THRESHOLD, EvalError, parse_ks
 from prorl_jax.eval.report import (
     boundary_lines,
@@ -37,7 +36,7 @@ from prorl_jax.eval.store import (
     record_task,
 )
 from prorl_jax.paths import resolve_model_dir
-from prorl_jax.tokenizer import require_tokenizer
+from prorl_jax.tokenizer import require_tokenizer, stop_token_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,20 +243,6 @@ def model_labels(specs: Sequence[str]) -> list[str]:
         else:
             seen[label] = 0
     return labels
-
-
-def stop_token_ids(model_dir: str, tokenizer, model_cfg) -> tuple[int, ...]:
-    """EOS ids of a checkpoint: tokenizer, config.json and generation_config.json together."""
-    ids = {int(v) for v in (tokenizer.eos_token_id, model_cfg.eos_token_id) if v is not None}
-    gen_path = os.path.join(model_dir, "generation_config.json")
-    if os.path.isfile(gen_path):
-        with open(gen_path, encoding="utf-8") as f:
-            eos = json.load(f).get("eos_token_id")
-        if eos is not None:
-            ids.update(int(e) for e in (eos if isinstance(eos, list) else [eos]))
-    if not ids:
-        raise CheckpointError(f"{model_dir}: no eos token in the tokenizer or the configs")
-    return tuple(sorted(ids))
 
 
 def _check_settings(path: str, meta: dict) -> None:

@@ -4,10 +4,10 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from prorl_jax.data.records import DOMAINS
 from prorl_jax.errors import ConfigError, DataError
 from prorl_jax.rewards.base import Verdict, checked
 
-DOMAINS = ("math", "code", "stem", "reasoning_gym", "ifeval")
 _MODULES = {"math": "prorl_jax.rewards.math_reward", "code": "prorl_jax.rewards.code_reward",
             "stem": "prorl_jax.rewards.stem_reward", "reasoning_gym": "prorl_jax.rewards.gym_reward",
             "ifeval": "prorl_jax.rewards.ifeval_reward"}

@@ -12,14 +12,12 @@ import numpy as np
 from prorl_jax import losses
 from prorl_jax.config import TrainConfig
 from prorl_jax.rl.rollout import Groups
+from prorl_jax.sampling.sampler import bucket
 
 
 def bucket_prompt_len(max_len: int, limit: int) -> int:
     """Power-of-two bucket (>= 16) of the longest prompt, so few shapes get compiled."""
-    p = 16
-    while p < max_len:
-        p *= 2
-    return max(min(p, limit), max_len)
+    return max(min(bucket(max_len, minimum=16), limit), max_len)
 
 
 def advantages(cfg: TrainConfig, rewards: np.ndarray, response_mask: np.ndarray) -> np.ndarray:

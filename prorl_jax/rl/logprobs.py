@@ -12,6 +12,9 @@ computing logits [B, C, V] in float32 for one chunk at a time. The chunk body is
 `jax.checkpoint`, so the backward pass recomputes each chunk's logits instead of keeping all
 of them: peak temporary memory is O(B * C * V) in both directions, independent of T.
 Chunks split T (not B) so that a batch sharded over the data axis stays sharded in every step.
+
+The sampler calls `token_logprobs` for every decoded token, so rollout and trainer logprobs
+are one function of the logits.
 """
 
 import jax
@@ -52,12 +55,13 @@ def token_logprobs(logits, tokens, temperature=1.0):
     """Log-probability of each chosen token under softmax(logits / temperature).
 
     Args:
-        logits: [B, T, V] any float dtype (computed in float32).
-        tokens: int [B, T] token ids whose probability to read.
-        temperature: scalar > 0 dividing the logits.
+        logits: [..., V] (e.g. [B, T, V], or [B, V] in the sampler) any float dtype
+            (computed in float32).
+        tokens: int [...] token ids whose probability to read.
+        temperature: scalar > 0 dividing the logits (a traced value is fine).
 
     Returns:
-        float32 [B, T]: log pi(tokens[b, t]) at each position.
+        float32 [...]: log pi(tokens) at each position.
     """
     return _logprobs_of(_scaled(logits, temperature), tokens)
 

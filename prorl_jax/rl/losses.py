@@ -23,11 +23,13 @@ from prorl_jax.rl.logprobs import (
     token_logprobs,
     token_logprobs_from_hidden,
 )
+from prorl_jax.rl.loss_names import AGG_MODES, KL_ALIASES, KL_KINDS, SEQ_MEAN_MODES
 
 __all__ = [
     "AGG_MODES",
     "DEFAULT_CHUNK_SIZE",
     "KL_KINDS",
+    "SEQ_MEAN_MODES",
     "aggregate",
     "entropy_from_hidden",
     "entropy_from_logits",
@@ -45,13 +47,6 @@ __all__ = [
     "token_logprobs",
     "token_logprobs_from_hidden",
 ]
-
-AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-
-# Every accepted KL name -> its canonical estimator.
-_KL_ALIASES = {"k1": "k1", "kl": "k1", "abs": "abs", "k2": "k2", "mse": "k2",
-               "k3": "k3", "low_var_kl": "k3"}
-KL_KINDS = (*_KL_ALIASES, *(k + "+" for k in _KL_ALIASES))
 
 # verl clamps log-ratios to this range before exp so one wild token cannot overflow.
 _LOG_RATIO_CLAMP = 20.0
@@ -368,9 +363,9 @@ def kl_penalty(logprobs, ref_logprobs, kind="low_var_kl"):
         float32 [B, T] per-token values (mask them with `aggregate`).
     """
     base = kind[:-1] if kind.endswith("+") else kind
-    if base not in _KL_ALIASES:
+    if base not in KL_ALIASES:
         raise ConfigError(f"unknown KL estimator {kind!r}; expected one of {KL_KINDS}")
-    canonical = _KL_ALIASES[base]
+    canonical = KL_ALIASES[base]
     logprobs = jnp.asarray(logprobs, jnp.float32)
     ref_logprobs = jax.lax.stop_gradient(jnp.asarray(ref_logprobs, jnp.float32))
     value = _kl_value(logprobs, ref_logprobs, canonical)

@@ -20,9 +20,9 @@ def model_config_for(cfg: TrainConfig) -> ModelConfig:
     m = cfg.model
     path = None
     if m.path is not None:
-        from prorl_jax.rl.trainer import resolve_model_path
+        from prorl_jax.paths import resolve_model_dir
 
-        path = resolve_model_path(m.path) / "config.json"
+        path = pathlib.Path(resolve_model_dir(m.path, must_exist=False)) / "config.json"
     if path is not None and path.is_file():
         base = ModelConfig.from_hf_config(json.loads(path.read_text()))
     elif path is not None and m.preset is None:

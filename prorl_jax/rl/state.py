@@ -20,14 +20,15 @@ class TrainState:
     params:     policy params
     opt_state:  optax state of the policy params
     ref_params: reference policy for the KL term (reset to `params` by ProRL resets)
-    rng:        base PRNG key; per-step keys are folded from it and `step`
+
+    No PRNG key: sampler seeds are a function of (config seed, step, generation batch)
+    (`trainer.seed_for`), so they need no state to resume exactly.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
     ref_params: Any
-    rng: jax.Array
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
@@ -44,12 +45,11 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     return adamw
 
 
-def init_train_state(params, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
     """A fresh state: reference = a copy of the initial policy, optimizer moments zero."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params),
-                      ref_params=jax.tree.map(jnp.copy, params),
-                      rng=jax.random.key_data(jax.random.key(seed)))
+                      ref_params=jax.tree.map(jnp.copy, params))
 
 
 def reset_reference(state: TrainState, optimizer: optax.GradientTransformation, *,
@@ -57,11 +57,3 @@ def reset_reference(state: TrainState, optimizer: optax.GradientTransformation, 
     """ProRL's hard reset: reference := policy; optimizer state re-initialised when asked (v1)."""
     opt_state = optimizer.init(state.params) if reset_optimizer else state.opt_state
     return state.replace(ref_params=jax.tree.map(jnp.copy, state.params), opt_state=opt_state)
-
-
-def step_key(state_rng: jax.Array, step: int, *salt: int) -> jax.Array:
-    """A key for `step` (and e.g. the generation-batch index), independent of history."""
-    key = jax.random.fold_in(jax.random.wrap_key_data(state_rng), step)
-    for s in salt:
-        key = jax.random.fold_in(key, s)
-    return key

@@ -14,6 +14,7 @@ Run-directory layout:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prorl_jax import losses
-from prorl_jax.checkpoint import Checkpointer, complete_steps
+from prorl_jax.checkpoint import Checkpointer, complete_steps, resolve_step
 from prorl_jax.config import TrainConfig, to_dict
 from prorl_jax.errors import ConfigError
 from prorl_jax.paths import resolve_model_dir
@@ -37,16 +38,27 @@ from prorl_jax.rl import state as state_lib
 from prorl_jax.rl.metrics_log import MetricsLogger
 from prorl_jax.rl.rollout import DynamicSamplingError, RolloutWorker
 from prorl_jax.rl.startup import check_chat_template, check_positions, write_config
-from prorl_jax.rl.update import batch_logprobs, make_train_step, micro_weights
+from prorl_jax.rl.update import batch_logprobs, combines_by_max, make_train_step, micro_weights
 
 log = logging.getLogger(__name__)
 
 
-def resolve_model_path(path: str) -> pathlib.Path:
-    """A local directory, or `builtin:NAME` for a model shipped in prorl_jax/assets."""
-    if path.startswith("builtin:"):
-        return pathlib.Path(resolve_model_dir(path))  # the one resolver of every command
-    return pathlib.Path(path).expanduser()
+# Train-state keys of earlier versions that a restore reads and ignores.
+LEGACY_STATE_KEYS = ("rng",)
+
+
+@dataclasses.dataclass
+class Counters:
+    """Run bookkeeping that checkpoints carry (in meta), so a resumed run continues it."""
+
+    kl_streak: int = 0  # consecutive steps whose KL term dominated (reference_reset.kl_fraction)
+    val_history: list = dataclasses.field(default_factory=list)  # val reward per evaluation
+    resets: list = dataclasses.field(default_factory=list)  # {"step", "reason"} per reset
+    skipped_updates: int = 0  # updates dropped for a non-finite loss or gradient
+    dropped_prompts: int = 0  # prompts longer than sampling.max_prompt_tokens
+    empty_steps: int = 0  # steps where every group had identical rewards (nothing to learn)
+    empty_streak: int = 0  # consecutive such steps (rl.max_empty_steps ends the run)
+    val_before: dict | None = None  # the base model's validation, kept for the summary
 
 
 def seed_for(seed: int, step: int, gen_batch: int) -> int:
@@ -126,33 +138,38 @@ class Trainer:
         # Everything that can fail on a bad config, model or dataset runs before anything is
         # written: a failed start leaves no run directory behind, and a resumed run keeps its
         # last good config.yaml.
-        if cfg.model.path is None:
-            raise ConfigError("model.path: training needs a Hugging Face checkpoint directory "
-                              "(with its tokenizer)")
-        self.model_dir = resolve_model_path(cfg.model.path)
+        self.model_dir = _model_dir(cfg)  # the checkpoint, or only the tokenizer of a random init
         m = cfg.mesh
         self.mesh = make_mesh(m.data, m.fsdp, m.tensor) if m.data * m.fsdp * m.tensor > 1 else None
-        # Under a mesh every tensor is read straight into its training sharding.
-        model_cfg, params = hf.load_hf(self.model_dir, dtype=cfg.model.param_dtype,
-                                       mesh=self.mesh, rules=TRAIN_RULES)
+        if cfg.model.path is not None:
+            # Under a mesh every tensor is read straight into its training sharding.
+            model_cfg, params = hf.load_hf(self.model_dir, dtype=cfg.model.param_dtype,
+                                           mesh=self.mesh, rules=TRAIN_RULES)
+        else:
+            from prorl_jax.model import qwen
+            from prorl_jax.rl.plan import model_config_for
+
+            model_cfg = model_config_for(cfg)
+            params = qwen.init_params(model_cfg, jax.random.key(cfg.seed), mesh=self.mesh,
+                                      rules=TRAIN_RULES)
         self.model_cfg = model_cfg.replace(**cfg.model.numerics())
         check_positions(cfg, self.model_cfg)
         self.optimizer = state_lib.make_optimizer(cfg.optim)
-        self.state = state_lib.init_train_state(params, self.optimizer, cfg.seed)
+        self.state = state_lib.init_train_state(params, self.optimizer)
 
         from prorl_jax import data as data_lib
         from prorl_jax import rewards
-        from prorl_jax.tokenizer import load_tokenizer
+        from prorl_jax.tokenizer import load_tokenizer, stop_token_ids
 
         self.tokenizer = load_tokenizer(self.model_dir)
-        eos = self.tokenizer.eos_token_id
-        if eos is None:
-            eos = model_cfg.eos_token_id
-        if eos is None:
-            raise ConfigError(f"{self.model_dir}: the tokenizer defines no eos token")
-        self.eos_id = int(eos)
-        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                          else eos)
+        if cfg.model.path is None and len(self.tokenizer) > model_cfg.vocab_size:
+            raise ConfigError(f"model.tokenizer: {self.model_dir} has {len(self.tokenizer)} tokens, "
+                              f"more than the model's vocab_size {model_cfg.vocab_size}")
+        # Rollouts and validation stop where `prorl-jax eval` and `generate` stop.
+        self.stop_ids = stop_token_ids(self.model_dir, self.tokenizer, model_cfg)
+        candidates = (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                      model_cfg.eos_token_id, self.stop_ids[0])
+        self.pad_id = int(next(t for t in candidates if t is not None))
         self.formatter = data_lib.ChatFormatter(self.tokenizer, cfg.data.suffixes or None,
                                                 cfg.sampling.max_prompt_tokens,
                                                 use_chat_template=cfg.data.use_chat_template)
@@ -165,13 +182,10 @@ class Trainer:
                                        preload=_domains(cfg))
         try:
             self.worker = RolloutWorker(cfg, self.model_cfg, self.mesh, self.formatter,
-                                        self.tokenizer, self.pool, stop_token_ids=(self.eos_id,))
+                                        self.tokenizer, self.pool, stop_token_ids=self.stop_ids)
             self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
                                      async_save=cfg.checkpoint.async_save)
-            self.counters: dict[str, Any] = {"kl_streak": 0, "val_history": [], "resets": [],
-                                             "skipped_updates": 0, "dropped_prompts": 0,
-                                             "empty_steps": 0, "empty_streak": 0,
-                                             "val_before": None}
+            self.counters = Counters()
             self._train_steps: dict[int, Any] = {}
             self._saved_step: int | None = None
             resume_step = None
@@ -190,12 +204,12 @@ class Trainer:
     def _meta(self) -> dict:
         return {"model_config": self.model_cfg.to_hf_config(),
                 "data_iterator": self.iterator.state_dict(),
-                "counters": {**self.counters, "dropped_prompts": self.worker.dropped_prompts}}
+                "counters": dataclasses.asdict(dataclasses.replace(
+                    self.counters, dropped_prompts=self.worker.dropped_prompts))}
 
     def _split_state(self):
         s = self.state
-        return s.params, {"step": s.step, "opt_state": s.opt_state, "ref_params": s.ref_params,
-                          "rng": s.rng}
+        return s.params, {"step": s.step, "opt_state": s.opt_state, "ref_params": s.ref_params}
 
     def save(self) -> None:
         """Checkpoints the current step (once: the state of a step never changes)."""
@@ -210,14 +224,24 @@ class Trainer:
         abstract = lambda t: jax.tree.map(  # noqa: E731
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), t)
         params_t, rest_t = self._split_state()
-        params, rest, meta = self.ckpt.restore(self.resume_step, params_target=abstract(params_t),
-                                               state_target=abstract(rest_t))
+        rest_t = abstract(rest_t)
+        step = resolve_step(self.ckpt.directory, self.resume_step)
+        # Orbax restores whole trees only; older checkpoints also hold the PRNG key that
+        # TrainState no longer has: read it along, then drop it.
+        for key, md in self.ckpt.saved_state(step).items():
+            if key in LEGACY_STATE_KEYS:
+                rest_t[key] = jax.ShapeDtypeStruct(
+                    md.shape, md.dtype,
+                    sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+        params, rest, meta = self.ckpt.restore(step, params_target=abstract(params_t),
+                                               state_target=rest_t)
         self.state = state_lib.TrainState(step=rest["step"], params=params,
                                           opt_state=rest["opt_state"],
-                                          ref_params=rest["ref_params"], rng=rest["rng"])
+                                          ref_params=rest["ref_params"])
         self.iterator.load_state_dict(meta["data_iterator"])
-        self.counters.update(meta["counters"])
-        self.worker.dropped_prompts = self.counters["dropped_prompts"]
+        known = {f.name for f in dataclasses.fields(Counters)}
+        self.counters = Counters(**{k: v for k, v in meta["counters"].items() if k in known})
+        self.worker.dropped_prompts = self.counters.dropped_prompts
         step = int(self.state.step)
         self.console(f"resumed {self.run_dir} at step {step}")
         return step
@@ -233,20 +257,27 @@ class Trainer:
         snap.close()
         self.state = state_lib.reset_reference(
             self.state, self.optimizer, reset_optimizer=self.cfg.reference_reset.reset_optimizer)
-        self.counters["kl_streak"] = 0
-        self.counters["resets"].append({"step": step, "reason": reason})
+        self.counters.kl_streak = 0
+        self.counters.resets.append({"step": step, "reason": reason})
         log.info("reference reset at step %d (%s)", step, reason)
 
+    def _kl_streak_after(self, m: dict) -> int:
+        """The KL-dominance streak including step metrics `m` (unchanged when not tracked)."""
+        rr = self.cfg.reference_reset
+        if not (rr.kl_fraction > 0 and "kl" in m):
+            return self.counters.kl_streak
+        dominated = self.cfg.rl.kl_coef * m["kl"] > rr.kl_fraction * abs(m.get("pg_loss", 0.0))
+        return self.counters.kl_streak + 1 if dominated else 0
+
     def _reset_due(self, step: int, m: dict) -> str | None:
+        """Why the reference is reset after `step` (None: not now). Changes nothing: the
+        caller updates the KL streak and the validation history first."""
         rr = self.cfg.reference_reset
         if rr.every_steps and step % rr.every_steps == 0 and step < self.cfg.steps:
             return f"every {rr.every_steps} steps"
-        if rr.kl_fraction > 0 and "kl" in m:
-            dominated = self.cfg.rl.kl_coef * m["kl"] > rr.kl_fraction * abs(m.get("pg_loss", 0.0))
-            self.counters["kl_streak"] = self.counters["kl_streak"] + 1 if dominated else 0
-            if self.counters["kl_streak"] >= rr.kl_patience:
-                return f"KL term above {rr.kl_fraction} of the policy loss for {rr.kl_patience} steps"
-        hist = self.counters["val_history"]
+        if rr.kl_fraction > 0 and "kl" in m and self.counters.kl_streak >= rr.kl_patience:
+            return f"KL term above {rr.kl_fraction} of the policy loss for {rr.kl_patience} steps"
+        hist = self.counters.val_history
         if rr.val_patience and "val/reward/mean" in m and len(hist) > rr.val_patience:
             best_before = max(h for h in hist[:-rr.val_patience])
             if max(hist[-rr.val_patience:]) <= best_before:
@@ -332,11 +363,11 @@ class Trainer:
                 collected.append(m)
         self.state = self.state.replace(params=params, opt_state=opt_state)
         stacked = {k: np.asarray([float(m[k]) for m in collected]) for k in collected[0]}
-        out = {k: float(v.max() if k.endswith("max") else v.mean()) for k, v in stacked.items()}
+        out = {k: float(v.max() if combines_by_max(k) else v.mean()) for k, v in stacked.items()}
         out["skipped"] = float(stacked["skipped"].sum())
         # The rollout policy's entropy (at the rollout temperature), same aggregation as the loss.
         out["entropy"] = float(losses.aggregate(entropy, arrays["response_mask"], cfg.rl.loss_agg))
-        self.counters["skipped_updates"] += int(out["skipped"])
+        self.counters.skipped_updates += int(out["skipped"])
         if out["skipped"]:
             log.warning("step %d: %d update(s) skipped for a non-finite loss or gradient",
                         step, int(out["skipped"]))
@@ -353,7 +384,7 @@ class Trainer:
         return validate_records(self.model_cfg, self.state.params, self.formatter, self.tokenizer,
                                 self.val_records, self.pool, n=v.n, temperature=v.temperature,
                                 top_p=v.top_p, max_new_tokens=v.max_new_tokens,
-                                stop_token_ids=(self.eos_id,), seed=self.cfg.seed, mesh=self.mesh,
+                                stop_token_ids=self.stop_ids, seed=self.cfg.seed, mesh=self.mesh,
                                 max_batch_tokens=self.cfg.sampling.max_batch_tokens or None,
                                 engine=self.cfg.sampling.engine,
                                 decode_slots=self.cfg.sampling.decode_slots,
@@ -387,13 +418,13 @@ class Trainer:
             self.reset_reference("manual (--reset-reference)")
         if self.val_records and start == 0:
             before = self.validate()
-            self.counters["val_before"] = before
-            self.counters["val_history"].append(before.get("val/reward/mean", 0.0))
+            self.counters.val_before = before
+            self.counters.val_history.append(before.get("val/reward/mean", 0.0))
             self.metrics.write(0, before)
-        if self.counters.get("val_before") is None and "val_before" in previous:
-            self.counters["val_before"] = previous["val_before"]  # run from before the counter
-        if self.counters.get("val_before") is not None:
-            summary["val_before"] = self.counters["val_before"]
+        if self.counters.val_before is None and "val_before" in previous:
+            self.counters.val_before = previous["val_before"]  # run from before the counter
+        if self.counters.val_before is not None:
+            summary["val_before"] = self.counters.val_before
         progress = _progress(cfg, start)
         stop = _StopFlag(on_force_exit=self.pool.kill)
         last: dict = {}
@@ -435,8 +466,8 @@ class Trainer:
                     tokenizer_dir=self.model_dir)
             summary["hf_dir"] = str(self.run_dir / "hf")
         summary["steps"] = int(self.state.step)
-        summary["resets"] = list(self.counters["resets"])
-        summary["empty_steps"] = int(self.counters.get("empty_steps", 0))
+        summary["resets"] = list(self.counters.resets)
+        summary["empty_steps"] = int(self.counters.empty_steps)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.close()
         return summary
@@ -463,7 +494,8 @@ class Trainer:
         if self.val_records and (step == cfg.steps or (every and step % every == 0)):
             v = self.validate()
             m.update(v)
-            self.counters["val_history"].append(v.get("val/reward/mean", 0.0))
+            self.counters.val_history.append(v.get("val/reward/mean", 0.0))
+        self.counters.kl_streak = self._kl_streak_after(m)
         reason = self._reset_due(step, m) if step < cfg.steps else None
         if reason is not None:
             self.reset_reference(reason)
@@ -474,10 +506,11 @@ class Trainer:
         """Warns on a step where every generated group got identical rewards (zero
         advantages: nothing to learn), and stops after rl.max_empty_steps in a row."""
         if m["filtered_fraction"] < 1.0:
-            self.counters["empty_streak"] = 0
+            self.counters.empty_streak = 0
             return
-        self.counters["empty_steps"] = self.counters.get("empty_steps", 0) + 1
-        streak = self.counters["empty_streak"] = self.counters.get("empty_streak", 0) + 1
+        self.counters.empty_steps += 1
+        self.counters.empty_streak += 1
+        streak = self.counters.empty_streak
         m["empty_step"] = True
         log.warning("step %d: all %d generated groups got identical rewards within the group "
                     "(nothing to learn from; %d such step(s) in a row)", step,
@@ -517,6 +550,20 @@ def _inject_fault(step: int) -> None:
     at, _, name = spec.partition(":")
     if int(at) == step:
         os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
+
+
+def _model_dir(cfg: TrainConfig) -> pathlib.Path:
+    """The checkpoint directory of model.path, or the tokenizer directory of a random init."""
+    m = cfg.model
+    if m.path is not None:
+        return pathlib.Path(resolve_model_dir(m.path))
+    if m.tokenizer is None:
+        raise ConfigError("model.tokenizer: a random init (model.preset / model.config without "
+                          "model.path) needs a tokenizer directory")
+    if m.preset is None and m.config is None:
+        raise ConfigError("model: give model.path, or model.preset / model.config with "
+                          "model.tokenizer")
+    return pathlib.Path(resolve_model_dir(m.tokenizer, "model.tokenizer directory"))
 
 
 def _domains(cfg: TrainConfig) -> tuple[str, ...]:

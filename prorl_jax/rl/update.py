@@ -20,7 +20,11 @@ from prorl_jax.config import RLConfig
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
 
-SEQ_MEAN_MODES = ("seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+def combines_by_max(name: str) -> bool:
+    """Whether metric `name` combines over micro-batches and steps by max (names ending in
+    "max", e.g. "ratio_max"); every other metric is a (weighted) mean."""
+    return name.endswith("max")
 
 
 def response_logprobs(cfg: ModelConfig, params, tokens, attention_mask, prompt_len: int,
@@ -68,7 +72,7 @@ def micro_weights(response_mask, micro_batches: int, agg: str):
       float32 [M], summing to 1 (0 for micro-batches with nothing valid).
     """
     m = np.asarray(response_mask, bool).reshape(micro_batches, -1, response_mask.shape[-1])
-    if agg in SEQ_MEAN_MODES:
+    if agg in losses.SEQ_MEAN_MODES:
         counts = m.any(-1).sum(-1).astype(np.float64)
     else:
         counts = m.sum((-2, -1)).astype(np.float64)
@@ -111,13 +115,13 @@ def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTra
             (_, m), g = grad_fn(params, mb)
             grads = jax.tree.map(jnp.add, grads, g)
             # Means combine by the micro-batch weights; maxima by max.
-            metrics = {k: (jnp.maximum(metrics[k], v) if k.endswith("max")
+            metrics = {k: (jnp.maximum(metrics[k], v) if combines_by_max(k)
                            else metrics[k] + mb["weight"] * v) for k, v in m.items()}
             return (grads, metrics), None
 
         zero_grads = jax.tree.map(jnp.zeros_like, params)
         first = jax.tree.map(lambda x: x[0], batch)
-        zero_metrics = {k: (jnp.full(v.shape, -jnp.inf, v.dtype) if k.endswith("max")
+        zero_metrics = {k: (jnp.full(v.shape, -jnp.inf, v.dtype) if combines_by_max(k)
                             else jnp.zeros(v.shape, v.dtype))
                         for k, v in jax.eval_shape(loss_fn, params, first)[1].items()}
         (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), batch)

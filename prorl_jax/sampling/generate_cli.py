@@ -92,24 +92,6 @@ def _encode(tokenizer, prompt, chat: bool, where: str) -> list[int]:
     return list(ids)
 
 
-def _stop_ids(model_dir: str, tokenizer, cfg) -> tuple[int, ...]:
-    """EOS ids from the tokenizer, the generation config and the model config."""
-    from transformers import GenerationConfig
-
-    ids = set()
-    for value in (tokenizer.eos_token_id, cfg.eos_token_id):
-        if value is not None:
-            ids.add(int(value))
-    try:
-        gen = GenerationConfig.from_pretrained(model_dir)
-    except OSError:
-        gen = None
-    if gen is not None and gen.eos_token_id is not None:
-        eos = gen.eos_token_id
-        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
-    return tuple(sorted(ids))
-
-
 def _decode(tokenizer, row, length: int, finished: bool) -> str:
     # The stop token ends the row but is not part of the completion text.
     return tokenizer.decode(row[:length - int(finished)].tolist(), skip_special_tokens=False)
@@ -139,7 +121,7 @@ def run(args) -> int:
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                               max_new_tokens=args.max_new_tokens, n=args.n)
 
-    from prorl_jax.tokenizer import load_tokenizer
+    from prorl_jax.tokenizer import load_tokenizer, stop_token_ids
 
     tokenizer = load_tokenizer(model_dir)
     where = args.prompts or "--prompt"
@@ -147,7 +129,7 @@ def run(args) -> int:
                for r in records]
     cfg, params = load_hf(model_dir)
     sampling = dataclasses.replace(sampling,
-                                   stop_token_ids=_stop_ids(model_dir, tokenizer, cfg))
+                                   stop_token_ids=stop_token_ids(model_dir, tokenizer, cfg))
 
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

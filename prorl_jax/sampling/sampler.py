@@ -38,7 +38,8 @@ from prorl_jax import sharding as shd
 from prorl_jax.errors import UserError
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
-from prorl_jax.sampling.strategies import SamplingParams, Strategy, strategy_for, token_logprobs
+from prorl_jax.rl.logprobs import token_logprobs  # the trainer's function: one graph
+from prorl_jax.sampling.strategies import SamplingParams, Strategy, strategy_for
 
 MIN_PROMPT_BUCKET = 16
 PAD_TOKEN = 0  # written after a row's stop token; its logprob there is 0
@@ -113,9 +114,6 @@ class _Loop:
     lengths: jax.Array  # int32 [B]
 
 
-_traces = 0  # how many times the compiled program was traced (read by tests)
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "mesh"))
 def _sample_chunk(cfg: ModelConfig, params, prompt: jax.Array, prompt_mask: jax.Array,
                   src: jax.Array, row_ids: jax.Array, active: jax.Array, seed: jax.Array,
@@ -133,8 +131,6 @@ def _sample_chunk(cfg: ModelConfig, params, prompt: jax.Array, prompt_mask: jax.
     Returns:
       tokens int32 [B, M], logprobs float32 [B, M], lengths int32 [B], finished bool [B].
     """
-    global _traces
-    _traces += 1
     if mesh is not None:
         with shd.use_rules(mesh, shd.SAMPLE_RULES):
             return _sample_body(cfg, params, prompt, prompt_mask, src, row_ids, active, seed,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from prorl_jax.errors import ConfigError
+from prorl_jax.sampling.checks import check_sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +52,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
-        if not self.temperature >= 0:
-            raise ConfigError(f"sampling temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"sampling top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ConfigError(f"sampling top_k must be >= 0, got {self.top_k}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"sampling max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.n < 1:
-            raise ConfigError(f"sampling n must be >= 1, got {self.n}")
+        check_sampling("sampling", temperature=self.temperature, top_p=self.top_p,
+                       top_k=self.top_k, max_new_tokens=self.max_new_tokens, n=self.n)
         ids = tuple(int(t) for t in self.stop_token_ids)
         if any(t < 0 for t in ids):
             raise ConfigError(f"sampling stop_token_ids must be non-negative, got {ids}")
@@ -153,20 +146,3 @@ def strategy_for(sampling: SamplingParams, vocab_size: int) -> Strategy:
     top_k = sampling.top_k if 0 < sampling.top_k < vocab_size else 0
     return Categorical(temperature=float(sampling.temperature), top_p=float(sampling.top_p),
                        top_k=top_k, use_top_p=sampling.top_p < 1.0)
-
-
-def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature) -> jax.Array:
-    """log softmax(logits / temperature) at `tokens` (the untruncated distribution).
-
-    Args:
-      logits: float32 [..., V].
-      tokens: int32 [...].
-      temperature: scalar > 0.
-    Returns:
-      float32 [...].
-    """
-    # The trainer's formula (rl.logprobs): picked logit minus logsumexp, which also skips
-    # writing a [..., V] log-softmax only to read one entry of it.
-    scaled = logits.astype(jnp.float32) / temperature
-    picked = jnp.take_along_axis(scaled, tokens[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(scaled, axis=-1)

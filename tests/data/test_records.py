@@ -92,3 +92,11 @@ def test_json_safe_is_a_fixed_point_of_json(x):
         return
     assert json.loads(json.dumps(safe)) == safe
     assert json_safe(safe) == safe
+
+
+def test_one_list_of_domains_with_a_verifier_each():
+    from prorl_jax.data import records
+    from prorl_jax.rewards import registry
+
+    assert registry.DOMAINS is records.DOMAINS
+    assert set(registry._MODULES) == set(records.DOMAINS)

@@ -15,7 +15,7 @@ CASES = [
     ("keywords:existence", {"keywords": ["river", "stone"]},
      "The River carried a stone.", "The river was calm."),
     ("keywords:frequency", {"keyword": "cat", "frequency": 3, "relation": "at least"},
-     "cat Cat cat!", "cat cat category"),
+     "cat Cat cat!", "cat dog"),  # substrings count, as in the reference: "category" has "cat"
     ("keywords:frequency", {"keyword": "cat", "frequency": 2, "relation": "less than"},
      "one cat here", "cat and cat"),
     ("keywords:forbidden_words", {"forbidden_words": ["bad", "ugly"]},
@@ -58,7 +58,11 @@ CASES = [
     ("startend:quotation", {}, '"All quoted."', '"Half quoted.'),
     ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"},
      "NASA and ESA met.", "NASA met."),
-    ("change_case:english_capital", {}, "ALL CAPS, 100%.", "ALL CAPS but one."),
+    ("change_case:english_capital", {}, "THIS WHOLE ANSWER IS WRITTEN IN CAPITAL LETTERS.",
+     "ALL CAPS but one."),
+    ("language:response_language", {"language": "de"},
+     "Das ist ein deutscher Satz über das Wetter heute.",
+     "This is clearly an English sentence about the weather."),
     ("change_case:english_lowercase", {}, "all lower case.", "Not lower."),
     ("punctuation:no_comma", {}, "No commas here.", "A, B."),
 ]

@@ -416,3 +416,15 @@ def test_dual_clip_matches_trl_two_sided_delta():
     ours = L.policy_loss(lp, jnp.zeros_like(lp), jnp.asarray(a, jnp.float32),
                          jnp.ones((3, 50)), clip_c=4.0)[0]
     close(ours, trl.mean(), tol=1e-5)
+
+
+def test_prorl_jax_losses_reexports_the_loss_library():
+    import importlib
+    import sys
+
+    from prorl_jax.rl import losses as lib
+
+    mod = importlib.import_module("prorl_jax.losses")
+    assert sys.modules["prorl_jax.losses"] is mod and mod is not lib  # a plain module
+    assert mod.__all__ == lib.__all__
+    assert all(getattr(mod, name) is getattr(lib, name) for name in lib.__all__)

@@ -185,7 +185,7 @@ def test_train_step_on_2x2x2_mesh_equals_single_device(setup):
 def test_reference_reset_zeroes_kl_and_optimizer_moments(setup):
     cfg, model_cfg, params, *_ = setup
     opt = state_lib.make_optimizer(cfg.optim)
-    state = state_lib.init_train_state(jax.tree.map(jnp.copy, params), opt, seed=0)
+    state = state_lib.init_train_state(jax.tree.map(jnp.copy, params), opt)
     batch = _random_batch(model_cfg, M=1, b=2, P=8, R=4)
     step = make_train_step(model_cfg, cfg.rl, opt, prompt_len=8, temperature=1.0)
     new_params, new_opt, _ = step(state.params, state.opt_state,

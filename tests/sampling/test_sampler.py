@@ -116,7 +116,7 @@ def test_repeated_calls_do_not_recompile(params):
 
     sp = NUCLEUS
     generate(CFG, params, [[1, 2], [3, 4, 5], [6]], sp, seed=0)  # warm: 6 rows -> bucket 8
-    traces = sampler._traces
+    programs = sampler._sample_chunk._cache_size()  # compiled programs (one per shape key)
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         # Same buckets (<= 8 rows, prompts <= 16), new values of every runtime field.
@@ -124,9 +124,9 @@ def test_repeated_calls_do_not_recompile(params):
         generate(CFG, params, [[7] * 5, [8] * 11, [9], [2, 3]],
                  dataclasses.replace(sp, temperature=0.7, top_p=0.5, stop_token_ids=(4, 5)),
                  seed=2)
-        assert compiles == [] and sampler._traces == traces
+        assert compiles == [] and sampler._sample_chunk._cache_size() == programs
         generate(CFG, params, [[7] * 40], sp, seed=0)  # prompt bucket 64: one new program
-        assert sampler._traces == traces + 1
+        assert sampler._sample_chunk._cache_size() == programs + 1
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from prorl_jax.errors import ConfigError, UserError
+from prorl_jax.rl.logprobs import token_logprobs  # what the sampler calls
 from prorl_jax.sampling.strategies import (
     Categorical,
     Greedy,
     SamplingParams,
     strategy_for,
-    token_logprobs,
 )
 
 PROBS = np.array([0.35, 0.25, 0.2, 0.1, 0.06, 0.04])
