@@ -51,6 +51,7 @@ from flax import struct
 from prorl_jax import sharding as shd
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
+from prorl_jax.rl.logprobs import token_logprobs  # the trainer's function: one graph
 from prorl_jax.sampling import sampler
 from prorl_jax.sampling.sampler import (
     MIN_PROMPT_BUCKET,
@@ -65,7 +66,7 @@ from prorl_jax.sampling.settings import (
     EngineError,
     check_engine_settings,
 )
-from prorl_jax.sampling.strategies import SamplingParams, Strategy, strategy_for, token_logprobs
+from prorl_jax.sampling.strategies import SamplingParams, Strategy, strategy_for
 
 MIN_WIDTH_BUCKET = 16  # smallest generated-slot window a decode block attends over
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from prorl_jax.cli import main
-from prorl_jax.sampling import sampler
+from prorl_jax.sampling import engine, sampler
 
 GEN_EOS = [2, 0, 5]
 EXPECTED = (0, 2, 5)
@@ -30,15 +30,21 @@ def multi_eos_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture()
 def seen_stop_ids(monkeypatch):
-    """The stop ids of every compiled sampler call (the -1 padding dropped)."""
+    """The stop ids of every compiled sampler call, static engine (`_sample_chunk`) or
+    continuous (`_decode_block`), the -1 padding dropped."""
     seen = []
-    original = sampler._sample_chunk
 
-    def spy(*args, **kwargs):
-        seen.append(tuple(int(t) for t in np.asarray(args[9]) if t >= 0))
-        return original(*args, **kwargs)
+    def spy_on(module, name, position):
+        original = getattr(module, name)
 
-    monkeypatch.setattr(sampler, "_sample_chunk", spy)
+        def spy(*args, **kwargs):
+            seen.append(tuple(int(t) for t in np.asarray(args[position]) if t >= 0))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+
+    spy_on(sampler, "_sample_chunk", 9)
+    spy_on(engine, "_decode_block", 5)
     return seen
 
 
