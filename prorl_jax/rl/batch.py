@@ -121,13 +121,14 @@ def micro_batch_tokens(cfg: TrainConfig) -> int:
     return rows_dev * (cfg.sampling.max_prompt_tokens + cfg.sampling.max_new_tokens)
 
 
-def pack_length(longest: int, budget: int, cap: int) -> int:
+def pack_length(longest: int, budget: int) -> int:
     """Row length T of a packed step: the bucket of the longest sequence, at most the
-    token budget and the longest possible sequence `cap` (never below `longest`)."""
+    token budget (never below `longest`). The room a bucket leaves above the longest
+    sequence is not padding: shorter sequences fill it."""
     if longest > budget:
         raise ConfigError(f"rl.micro_batch_tokens ({budget}) is smaller than the longest "
                           f"sequence of this step ({longest} tokens)")
-    return max(longest, min(_bucket_up(longest, _MIN_PACK), budget, max(cap, longest)))
+    return max(longest, min(_bucket_up(longest, _MIN_PACK), budget))
 
 
 def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
@@ -269,8 +270,7 @@ def train_batch(cfg: TrainConfig, groups: Groups, order: np.ndarray, pad_id: int
         return TrainBatch(False, out, scales, prompt_len, real, slots)
 
     budget = micro_batch_tokens(cfg)
-    cap = cfg.sampling.max_prompt_tokens + cfg.sampling.max_new_tokens
-    T = pack_length(int((prompt_lens + lengths).max()), budget, cap)
+    T = pack_length(int((prompt_lens + lengths).max()), budget)
     rows_dev_max = budget // T
     out = []
     slots = 0

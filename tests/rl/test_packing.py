@@ -108,7 +108,7 @@ def test_too_small_token_budget_is_one_clear_error():
     # Called directly (no config check) the packer names the key as well.
     with pytest.raises(ConfigError, match=r"rl\.micro_batch_tokens \(10\).*longest sequence of "
                                           r"this step \(12 tokens\)"):
-        batching.pack_length(12, 10, 28)
+        batching.pack_length(12, 10)
 
 
 def test_compiled_programs_are_bounded_by_the_buckets(tiny_model_dir):
@@ -179,9 +179,13 @@ def demo_trainer(tmp_path_factory):
     """A Trainer on the shipped demo base, and one step's kept groups (collected once)."""
     from prorl_jax.rl.trainer import Trainer
 
+    # Adam with eps = 1 steps ~lr * g for the gradients here (|g| << 1): its usual first
+    # step ~lr * sign(g) would turn float noise in near-zero gradient entries (the two
+    # layouts sum in different orders) into whole steps. The large lr moves the policy far
+    # enough within the step that later mini-batches clip.
     overrides = ["rl.prompts_per_step=4", "rl.mini_batch_prompts=2", "rl.micro_batches=1",
                  "rl.max_gen_batches=3", "rl.ppo_epochs=2", "rl.kl_coef=0.05",
-                 "optim.lr=3e-3", "data.val_sources=[]", "rewards.num_workers=1",
+                 "optim.lr=0.3", "optim.eps=1.0", "data.val_sources=[]", "rewards.num_workers=1",
                  "logging.tensorboard=false", "logging.progress=false",
                  "checkpoint.export_hf=false"]
     cfg = load_config(resolve_config_path("demo"), overrides)
@@ -206,14 +210,15 @@ def _one_update(trainer, start, groups, cfg):
     return m, jax.tree.map(np.asarray, trainer.state.params)
 
 
+@pytest.mark.slow  # ~40 s of CPU per mode: each compiles a padded and a packed update
 @pytest.mark.parametrize("mode", losses.AGG_MODES)
 def test_packed_step_equals_padded_step(demo_trainer, mode):
     trainer, groups, start = demo_trainer
     base = trainer.cfg
     padded = dataclasses.replace(base, rl=dataclasses.replace(
         base.rl, loss_agg=mode, pack_sequences=False))
-    # A budget of 2 rows of 80 tokens: each mini-batch (2 prompts x 8 samples) spreads over
-    # several packed micro-batches, the padded reference has one.
+    # A budget of 160 tokens = one row of 128 per micro-batch: each mini-batch (2 prompts x
+    # 8 samples of ~55 tokens) spreads over 8 packed micro-batches; the padded one has one.
     packed = dataclasses.replace(base, rl=dataclasses.replace(
         base.rl, loss_agg=mode, pack_sequences=True, micro_batch_tokens=160))
     m_pad, p_pad = _one_update(trainer, start, groups, padded)
@@ -222,9 +227,9 @@ def test_packed_step_equals_padded_step(demo_trainer, mode):
               "ratio_max", "entropy"):
         assert m_pack[k] == pytest.approx(m_pad[k], rel=1e-5, abs=1e-9), k
     assert m_pad["kl"] > 1e-4 and m_pad["pg_clipfrac"] > 0  # the comparison has teeth
-    assert m_pack["tokens/packing_efficiency"] > 2 * m_pad["tokens/packing_efficiency"]
+    assert m_pack["tokens/packing_efficiency"] > m_pad["tokens/packing_efficiency"] + 0.05
     for a, b in zip(jax.tree.leaves(p_pack), jax.tree.leaves(p_pad)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     moved = max(float(np.max(np.abs(a - np.asarray(b))))
                 for a, b in zip(jax.tree.leaves(p_pad), jax.tree.leaves(start.params)))
-    assert moved > 1e-3  # the updates did something
+    assert moved > 1e-2  # the updates did something
