@@ -40,11 +40,20 @@ class ModelSection:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | save_dots
+    attention_impl: str = "auto"  # auto | dense | blockwise | cudnn | splash
+    attention_block_q: int = 512  # blockwise / splash tile sizes
+    attention_block_kv: int = 512
 
     def __post_init__(self):
         if self.config is not None and (self.path is not None or self.preset is not None):
             raise ConfigError("model: give either config or path/preset, not both")
-        ModelConfig(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
+        ModelConfig(**self.numerics())
+
+    def numerics(self) -> dict:
+        """The ModelConfig fields this section sets on top of the checkpoint's architecture."""
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+                    attention_impl=self.attention_impl, attention_block_q=self.attention_block_q,
+                    attention_block_kv=self.attention_block_kv)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,8 @@ from prorl_jax.errors import ConfigError
 MODEL_TYPES = ("qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "save_dots")
+# One list of attention implementations (prorl_jax/model/attention.py dispatches on it).
+ATTENTION_IMPLS = ("auto", "dense", "blockwise", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,9 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    attention_impl: str = "auto"  # see ATTENTION_IMPLS and prorl_jax/model/attention.py
+    attention_block_q: int = 512  # blockwise / splash query tile
+    attention_block_kv: int = 512  # blockwise / splash key tile
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -65,6 +70,13 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"model.attention_impl must be one of {ATTENTION_IMPLS}, "
+                              f"got {self.attention_impl!r}")
+        for name in ("attention_block_q", "attention_block_kv"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
         if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
             raise ConfigError("model.rope_theta and model.rms_norm_eps must be positive")
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prorl_jax import sharding
+from prorl_jax.model import attention
 from prorl_jax.model.config import ModelConfig
 
 Params = dict[str, Any]
@@ -157,10 +158,10 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sin, cos, allowed, kv, layer, index):
+    def __call__(self, x, sin, cos, mask, kv, layer, index):
         """One attention block.
 
-        x [B, T, D]; sin/cos [B, T, H]; allowed bool [B, T, S]; kv None (no cache, S = T),
+        x [B, T, D]; sin/cos [B, T, H]; mask an attention.AttnMask; kv None (no cache, S = T),
         the stacked cache (k, v), each [L, B, K, S, H], with layer int32 [] this layer's
         row of it, or (split layers, layer None) this layer's own (k, v) [B, K, S, H];
         index int32 [] (first slot to write). Returns the output [B, T, D] and the
@@ -186,31 +187,17 @@ class Attention(nn.Module):
 
         with jax.named_scope("attention"):
             if kv is None:
-                scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k,
-                                    preferred_element_type=jnp.float32)
-                probs = _softmax(scores * (H ** -0.5), allowed, dt)
-                out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
-                new_kv = None
+                keys, values, new_kv = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), None
             else:
                 keys, values, new_kv = _write_cache(kv, k, v, layer, index)  # [B, K, S, H]
-                scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, keys.astype(dt),
-                                    preferred_element_type=jnp.float32)
-                probs = _softmax(scores * (H ** -0.5), allowed, dt)
-                # Output [B, K, G, T, H] then a small transpose: asking the einsum for
-                # BTKGH directly makes XLA:CPU contract over S as the lhs's major dim, a
-                # slow generic dot (3x the time of this batched matmul at decode shapes).
-                out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, values.astype(dt))
-                out = out.transpose(0, 3, 1, 2, 4)
+                keys, values = keys.astype(dt), values.astype(dt)
+            # Decode (one query per row) keeps the dense path: its scores are [B, K, G, 1, S].
+            impl = "dense" if kv is not None and T == 1 else cfg.attention_impl
+            out = attention.attend(q, keys, values, mask, impl=impl,
+                                   block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv)
             out = out.reshape(B, T, N, H)
         out = proj("BTNH,NHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"), 0, name="o")(out)
         return out, new_kv
-
-
-def _softmax(scores, allowed, dt):
-    """float32 scores [B, K, G, T, S] -> probabilities in dt; disallowed keys get weight 0."""
-    # finfo.min (not -inf) keeps a fully masked row (left padding) finite: uniform, no NaN.
-    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores, axis=-1).astype(dt)
 
 
 _CACHE_AXES = ("layers", "batch", "act_kv_heads", "cache_seq", "act_head_dim")
@@ -282,13 +269,13 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, carry, layer, sin, cos, allowed, index):
+    def __call__(self, carry, layer, sin, cos, mask, index):
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         x, kv = carry
         with jax.named_scope("attn"):
             h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="attn_norm")(x)
-            h, kv = Attention(cfg, name="attn")(h, sin, cos, allowed, kv, layer, index)
+            h, kv = Attention(cfg, name="attn")(h, sin, cos, mask, kv, layer, index)
             x = x + h
         with jax.named_scope("mlp"):
             h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="mlp_norm")(x)
@@ -314,7 +301,7 @@ class Qwen(nn.Module):
     split_layers: bool = False
 
     @nn.compact
-    def __call__(self, tokens, positions, allowed, kv, index):
+    def __call__(self, tokens, positions, mask, kv, index):
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         emb = _param(self, "embedding", nn.initializers.normal(_INIT_STD),
@@ -342,7 +329,7 @@ class Qwen(nn.Module):
             for i in range(cfg.num_hidden_layers):
                 layer_kv = None if kv is None else (kv[0][i], kv[1][i])
                 (x, layer_kv), _ = block(cfg, name=f"layers_{i}")(
-                    (x, layer_kv), None, sin, cos, allowed, index)
+                    (x, layer_kv), None, sin, cos, mask, index)
                 if layer_kv is not None:
                     new_k.append(layer_kv[0])
                     new_v.append(layer_kv[1])
@@ -354,7 +341,7 @@ class Qwen(nn.Module):
                 length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, name="layers")
             (x, new_kv), _ = layers((x, kv), jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32),
-                                    sin, cos, allowed, index)
+                                    sin, cos, mask, index)
         x = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
         return x, new_kv
 
@@ -381,7 +368,9 @@ def _to_flax(params: Params) -> dict:
 
 def _boxed_init(cfg: ModelConfig, rng):
     dummy = jnp.zeros((1, 1), jnp.int32)
-    return Qwen(cfg).init(rng, dummy, dummy, jnp.ones((1, 1, 1), bool), None, 0)
+    ones = jnp.ones((1, 1), jnp.int32)
+    mask = attention.AttnMask(ones, ones, jnp.zeros((), jnp.int32), causal_only=True)
+    return Qwen(cfg).init(rng, dummy, dummy, mask, None, 0)
 
 
 def param_axes(cfg: ModelConfig) -> Params:
@@ -572,12 +561,12 @@ def _run_traced(cfg, params, tokens, attention_mask, positions, cache, segment_i
         mask = mask & (segment_ids != 0)  # segment 0 is padding
         if positions is None:
             positions = segment_positions(segment_ids)
+    # Segment of each token: its packed sequence's id, 1 without packing, 0 for padding.
+    q_segment = jnp.where(mask, 1 if segment_ids is None else segment_ids, 0).astype(jnp.int32)
     if cache is None:
         prior = jnp.zeros((B,), jnp.int32)
-        key_mask = mask  # [B, S=T]
-        allowed = jnp.tril(jnp.ones((T, T), bool))[None] & key_mask[:, None, :]  # [B, T, S]
-        if segment_ids is not None:
-            allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        attn_mask = attention.AttnMask(q_segment, q_segment, jnp.zeros((), jnp.int32),
+                                       causal_only=attention_mask is None and segment_ids is None)
         kv, index = None, 0
     else:
         S = cache.mask.shape[1]
@@ -585,8 +574,8 @@ def _run_traced(cfg, params, tokens, attention_mask, positions, cache, segment_i
             raise ValueError(f"{T} new tokens do not fit a KV cache of {S} slots")
         prior = jnp.sum(cache.mask, axis=1, dtype=jnp.int32)  # valid slots per row [B]
         key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))  # [B, S]
-        q_slot = cache.index + jnp.arange(T)  # [T]
-        allowed = (jnp.arange(S)[None, :] <= q_slot[:, None])[None] & key_mask[:, None, :]
+        attn_mask = attention.AttnMask(q_segment, key_mask.astype(jnp.int32),
+                                       jnp.asarray(cache.index, jnp.int32))
         kv, index = (cache.k, cache.v), cache.index
         if isinstance(cache.k, tuple) != _is_split(params):
             raise ValueError("split params need a split cache and stacked params a stacked "
@@ -596,7 +585,7 @@ def _run_traced(cfg, params, tokens, attention_mask, positions, cache, segment_i
         positions = jnp.maximum(prior[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
 
     hidden, new_kv = Qwen(cfg, split_layers=_is_split(params)).apply(
-        _to_flax(params), tokens, positions, allowed, kv, index)
+        _to_flax(params), tokens, positions, attn_mask, kv, index)
     new_cache = None
     if cache is not None:
         new_cache = KVCache(k=new_kv[0], v=new_kv[1], mask=key_mask, index=cache.index + T)

@@ -33,7 +33,7 @@ def model_config_for(cfg: TrainConfig) -> ModelConfig:
         base = m.config
     else:
         raise ConfigError("model: give one of path, preset or config")
-    return base.replace(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    return base.replace(**m.numerics())
 
 
 def memory_plan(cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> dict:

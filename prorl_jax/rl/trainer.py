@@ -91,6 +91,10 @@ class Trainer:
         self.run_dir = pathlib.Path(run_dir)
         self.console = console
         self.manual_reset = reset_reference
+        from prorl_jax.model import attention
+
+        # An attention implementation this backend lacks fails before anything is written.
+        attention.check_backend(cfg.model.attention_impl, cfg.model.dtype)
         ckpt_dir = self.run_dir / "checkpoints"
         if not resume and complete_steps(ckpt_dir):
             raise ConfigError(f"{self.run_dir} already holds checkpoints: resume it with "
@@ -109,8 +113,7 @@ class Trainer:
         # Under a mesh every tensor is read straight into its training sharding.
         model_cfg, params = hf.load_hf(self.model_dir, dtype=cfg.model.param_dtype,
                                        mesh=self.mesh, rules=TRAIN_RULES)
-        self.model_cfg = model_cfg.replace(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
-                                           remat=cfg.model.remat)
+        self.model_cfg = model_cfg.replace(**cfg.model.numerics())
         self.optimizer = state_lib.make_optimizer(cfg.optim)
         self.state = state_lib.init_train_state(params, self.optimizer, cfg.seed)
 

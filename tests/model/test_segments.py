@@ -11,10 +11,13 @@ CFG = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layer
            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
-def test_packed_row_equals_each_sequence_alone(model_type):
+@pytest.mark.parametrize("model_type,impl", [("qwen2", "dense"), ("qwen3", "dense"),
+                                             ("qwen2", "blockwise"), ("qwen3", "blockwise")])
+def test_packed_row_equals_each_sequence_alone(model_type, impl):
+    """Blockwise uses 4-token tiles here, so segments start and end inside tiles."""
     cfg = ModelConfig(model_type=model_type, qk_norm=model_type == "qwen3", **CFG)
     params = qwen.init_params(cfg, jax.random.key(0))
+    cfg = cfg.replace(attention_impl=impl, attention_block_q=4, attention_block_kv=4)
     rng = np.random.default_rng(0)
     seqs = [rng.integers(1, 61, n).astype(np.int32) for n in (7, 3, 5)]
     T = 18  # 15 real tokens + 3 padding at the end
@@ -28,7 +31,7 @@ def test_packed_row_equals_each_sequence_alone(model_type):
     packed = np.asarray(qwen.forward(cfg, params, tokens, segment_ids=segs))
     start = 0
     for s in seqs:
-        alone = np.asarray(qwen.forward(cfg, params, s[None]))[0]
+        alone = np.asarray(qwen.forward(cfg.replace(attention_impl="dense"), params, s[None]))[0]
         got = packed[0, start:start + len(s)]
         np.testing.assert_allclose(got, alone, atol=2e-6 * np.abs(alone).max())
         start += len(s)
