@@ -243,6 +243,11 @@ class PackedStep:
 
     def step(self, params, opt_state, micros: list[dict]):
         """One optimizer update over the micro-batches of a mini-batch."""
+        # Commit fresh (uncommitted) inputs where they are: the step's outputs are
+        # committed, and each kind would otherwise get its own compiled program.
+        commit = lambda t: jax.tree.map(  # noqa: E731
+            lambda x: x if getattr(x, "committed", True) else jax.device_put(x, x.sharding), t)
+        params, opt_state = commit(params), commit(opt_state)
         acc = self.zeros(params, micros[0])
         for mb in micros:
             acc = self.accumulate(params, acc, mb)
