@@ -41,8 +41,8 @@ class ModelSection:
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | save_dots
     attention_impl: str = "auto"  # auto | dense | blockwise | cudnn | splash
-    attention_block_q: int = 512  # blockwise / splash tile sizes
-    attention_block_kv: int = 512
+    attention_block_q: int = 128  # blockwise / splash tile sizes
+    attention_block_kv: int = 256
 
     def __post_init__(self):
         if self.config is not None and (self.path is not None or self.preset is not None):

@@ -1,7 +1,7 @@
 """Attention implementations side by side: time and compiled memory, dense vs blockwise.
 
     python tools/bench_attention.py [--lengths 1024,2048,4096,8192,16384] [--threads N]
-        [--heads 12 --kv-heads 2 --head-dim 128] [--block-q 512 --block-kv 512]
+        [--heads 12 --kv-heads 2 --head-dim 128] [--block-q 128 --block-kv 256]
         [--max-run-gib 4] [--repeats 3] [--impls dense,blockwise]
 
 Table 1 (attention alone, one layer's shape, B=1): for every T and implementation, the
@@ -35,8 +35,8 @@ def _parse(argv):
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--block-q", type=int, default=512)
-    p.add_argument("--block-kv", type=int, default=512)
+    p.add_argument("--block-q", type=int, default=128)
+    p.add_argument("--block-kv", type=int, default=256)
     p.add_argument("--max-run-gib", type=float, default=4.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)

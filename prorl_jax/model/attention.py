@@ -39,7 +39,7 @@ _NEG = float(jnp.finfo(jnp.float32).min)  # finite "minus infinity": no inf - in
 # whenever dense's float32 scores of one layer would take more than _DENSE_MEMORY_SHARE of
 # the device memory. The crossover was measured with tools/bench_attention.py (see
 # docs/performance.md).
-CPU_BLOCKWISE_MIN_SCORES = 2048 * 2048
+CPU_BLOCKWISE_MIN_SCORES = 512 * 512
 _DENSE_MEMORY_SHARE = 0.125
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def dense_allowed(mask: AttnMask, T: int, S: int) -> jax.Array:
     return causal[None] & (ks != 0) & ((qs == ks) | (qs == 0))
 
 
-def attend(q, k, v, mask: AttnMask, *, impl: str = "auto", block_q: int = 512,
-           block_kv: int = 512, interpret: bool = False):
+def attend(q, k, v, mask: AttnMask, *, impl: str = "auto", block_q: int = 128,
+           block_kv: int = 256, interpret: bool = False):
     """Causal attention of T queries over S key slots.
 
     Args:
@@ -342,8 +342,8 @@ def _unblock_q(xb, T):
 
 
 def _flash_bwd(scale, bq, bk, skip_segments, res, g):
-    """Flash-attention-2 backward: dq over query blocks, then dk / dv over key blocks,
-    each recomputing the probabilities p = exp(s - lse) of the tiles it visits."""
+    """Flash-attention-2 backward: one loop over key blocks and, inside it, over the query
+    blocks that reach them, recomputing p = exp(s - lse) of each visited tile once."""
     qb, kb, vb, q_seg, kv_seg, q_offset, ob, lse = res
     tiles = _Tiles(q_seg, kv_seg, q_offset, bq, bk, skip_segments)
     dt = qb.dtype
@@ -362,37 +362,31 @@ def _flash_bwd(scale, bq, bk, skip_segments, res, g):
         dp = jnp.einsum("BKGtH,BKsH->BKGts", gi, vb[j], preferred_element_type=jnp.float32)
         return p, p * (dp - delta[i][..., None])
 
-    def dq_block(_, i):
-        def kv_block(j, dq):
-            def tile(dq):
-                _, ds = tile_grads(i, j)
-                return dq + jnp.einsum("BKGts,BKsH->BKGtH", ds.astype(dt), kb[j],
-                                       preferred_element_type=jnp.float32)
-            return tiles.visit(i, j, tile, dq)
-
-        dq = jax.lax.fori_loop(0, tiles.last_kv_block(i), kv_block,
-                               jnp.zeros(qb.shape[1:], jnp.float32))
-        return None, (dq * scale).astype(dt)
-
-    _, dqb = jax.lax.scan(dq_block, None, jnp.arange(tiles.nq))
-
-    def dkv_block(_, j):
+    def dkv_block(dq, j):
         def q_block(i, carry):
             def tile(carry):
-                dk, dv = carry
+                dq, dk, dv = carry
                 p, ds = tile_grads(i, j)
+                ds = ds.astype(dt)
                 dv = dv + jnp.einsum("BKGts,BKGtH->BKsH", p.astype(dt), gb[i],
                                      preferred_element_type=jnp.float32)
-                dk = dk + jnp.einsum("BKGts,BKGtH->BKsH", ds.astype(dt), qb[i],
+                dk = dk + jnp.einsum("BKGts,BKGtH->BKsH", ds, qb[i],
                                      preferred_element_type=jnp.float32)
-                return dk, dv
+                dq_i = dq[i] + jnp.einsum("BKGts,BKsH->BKGtH", ds, kb[j],
+                                          preferred_element_type=jnp.float32)
+                return jax.lax.dynamic_update_index_in_dim(dq, dq_i, i, 0), dk, dv
             return tiles.visit(i, j, tile, carry)
 
         zeros = jnp.zeros(kb.shape[1:], jnp.float32)
-        dk, dv = jax.lax.fori_loop(tiles.first_q_block(j), tiles.nq, q_block, (zeros, zeros))
-        return None, ((dk * scale).astype(dt), dv.astype(dt))
+        dq, dk, dv = jax.lax.fori_loop(tiles.first_q_block(j), tiles.nq, q_block,
+                                       (dq, zeros, zeros))
+        return dq, ((dk * scale).astype(dt), dv.astype(dt))
 
-    _, (dkb, dvb) = jax.lax.scan(dkv_block, None, jnp.arange(tiles.nk))
+    # One pass over key blocks (FlashAttention-2's backward): each visited tile's p and ds
+    # feed dk, dv of its key block and dq of its query block, accumulated float32 [nq, ...].
+    dqb, (dkb, dvb) = jax.lax.scan(dkv_block, jnp.zeros(qb.shape, jnp.float32),
+                                   jnp.arange(tiles.nk))
+    dqb = (dqb * scale).astype(dt)
     nk = tiles.nk
     # [nk, B, K, bk, H] -> [B, K, S, H]
     dk = dkb.transpose(1, 2, 0, 3, 4).reshape(B, K, nk * bk, H)[:, :, :S]
@@ -470,8 +464,8 @@ def check_backend(impl: str, dtype, head_dim: int = 128) -> None:
             H=head_dim)
 
 
-def score_bytes(impl: str, B: int, N: int, T: int, S: int, block_q: int = 512,
-                block_kv: int = 512) -> int:
+def score_bytes(impl: str, B: int, N: int, T: int, S: int, block_q: int = 128,
+                block_kv: int = 256) -> int:
     """Bytes of one float32 score tensor the implementation materialises (planning)."""
     if impl == "dense":
         return 4 * B * N * T * S

@@ -43,8 +43,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     attention_impl: str = "auto"  # see ATTENTION_IMPLS and prorl_jax/model/attention.py
-    attention_block_q: int = 512  # blockwise / splash query tile
-    attention_block_kv: int = 512  # blockwise / splash key tile
+    attention_block_q: int = 128  # blockwise / splash query tile (measured, docs/performance.md)
+    attention_block_kv: int = 256  # blockwise / splash key tile
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
