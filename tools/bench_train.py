@@ -259,7 +259,8 @@ DEMO = dict(vocab_size=261, hidden_size=128, intermediate_size=384, num_hidden_l
 
 def prorl_lengths(rng: np.random.Generator, count: int, cap: int) -> np.ndarray:
     """Response lengths: 15% at the cap, the rest uniform on [0.06 cap, cap] (mean 0.6 cap)."""
-    at_cap = rng.random(count) < 0.15
+    at_cap = np.zeros(count, bool)
+    at_cap[rng.permutation(count)[:round(0.15 * count)]] = True
     rest = rng.integers(int(0.06 * cap), cap + 1, count)
     return np.where(at_cap, cap, rest).astype(np.int32)
 

@@ -121,13 +121,21 @@ def micro_batch_tokens(cfg: TrainConfig) -> int:
     return rows_dev * (cfg.sampling.max_prompt_tokens + cfg.sampling.max_new_tokens)
 
 
-def pack_length(longest: int, budget: int) -> int:
-    """Row length T of a packed step: the bucket of the longest sequence, at most the
-    token budget (never below `longest`). The room a bucket leaves above the longest
-    sequence is not padding: shorter sequences fill it."""
+def pack_length(longest: int, budget: int, dense: bool = False) -> int:
+    """Row length T of a packed step.
+
+    Flash-style attention (blockwise skips the tiles between two sequences of a row; cudnn
+    and splash take segment ids) costs about the same for one long row as for its
+    sequences apart, so rows are the whole budget: one row per device per micro-batch,
+    the fullest packing and a single shape per run. Dense attention pays T x T per row,
+    so its rows are the bucket of the longest sequence (at most the budget); the room a
+    bucket leaves above the longest sequence is filled by shorter ones, not padding.
+    """
     if longest > budget:
         raise ConfigError(f"rl.micro_batch_tokens ({budget}) is smaller than the longest "
                           f"sequence of this step ({longest} tokens)")
+    if not dense:
+        return budget
     return max(longest, min(_bucket_up(longest, _MIN_PACK), budget))
 
 
@@ -270,7 +278,8 @@ def train_batch(cfg: TrainConfig, groups: Groups, order: np.ndarray, pad_id: int
         return TrainBatch(False, out, scales, prompt_len, real, slots)
 
     budget = micro_batch_tokens(cfg)
-    T = pack_length(int((prompt_lens + lengths).max()), budget)
+    T = pack_length(int((prompt_lens + lengths).max()), budget,
+                    dense=cfg.model.attention_impl == "dense")
     rows_dev_max = budget // T
     out = []
     slots = 0

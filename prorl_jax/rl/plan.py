@@ -95,7 +95,7 @@ def micro_batch_layout(cfg: TrainConfig) -> dict:
     shards_batch = cfg.mesh.data * cfg.mesh.fsdp
     if cfg.rl.pack_sequences:
         budget = micro_batch_tokens(cfg)
-        T = pack_length(longest, budget)
+        T = pack_length(longest, budget, dense=cfg.model.attention_impl == "dense")
         return {"rows": budget // T, "T": T, "what": f"packed, {budget} tokens per device"}
     micro_rows = cfg.rl.mini_batch_prompts * cfg.sampling.n // cfg.rl.micro_batches
     return {"rows": max(1, micro_rows // shards_batch), "T": longest,

@@ -109,6 +109,8 @@ def test_too_small_token_budget_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"rl\.micro_batch_tokens \(10\).*longest sequence of "
                                           r"this step \(12 tokens\)"):
         batching.pack_length(12, 10)
+    assert batching.pack_length(300, 1000) == 1000  # flash attention: rows of the budget
+    assert batching.pack_length(300, 1000, dense=True) == 384  # dense: the bucket
 
 
 def test_compiled_programs_are_bounded_by_the_buckets(tiny_model_dir):
