@@ -120,7 +120,11 @@ class RLConfig:
     loss_agg: str = "token-mean"
     prompts_per_step: int = 256
     mini_batch_prompts: int = 64
-    micro_batches: int = 1  # gradient-accumulation steps per mini-batch
+    micro_batches: int = 1  # gradient-accumulation steps per mini-batch (padded layout)
+    # Packed layout: prompt + response of each kept rollout packed into rows (no padding
+    # to the cap); a micro-batch holds at most micro_batch_tokens tokens per device.
+    pack_sequences: bool = True
+    micro_batch_tokens: int = 0  # 0 = the padded micro-batch's tokens per device
     ppo_epochs: int = 1
     dynamic_sampling: bool = True
     max_gen_batches: int = 4
@@ -153,6 +157,9 @@ class RLConfig:
             raise ConfigError(
                 f"rl.prompts_per_step ({self.prompts_per_step}) must be divisible by "
                 f"rl.mini_batch_prompts ({self.mini_batch_prompts})")
+        if self.micro_batch_tokens < 0:
+            raise ConfigError(f"rl.micro_batch_tokens must be >= 0 (0 = auto), got "
+                              f"{self.micro_batch_tokens}")
         if self.micro_batches < 1 or self.ppo_epochs < 1 or self.max_gen_batches < 1:
             raise ConfigError("rl.micro_batches, rl.ppo_epochs and rl.max_gen_batches must be >= 1")
         if self.on_max_gen_batches not in ("error", "train"):
@@ -342,6 +349,12 @@ class TrainConfig:
         if self.sampling.n < 2:
             raise ConfigError(f"sampling.n must be >= 2, got {self.sampling.n}: GRPO compares "
                               f"the n samples of each prompt (a group of one has no advantage)")
+        longest = self.sampling.max_prompt_tokens + self.sampling.max_new_tokens
+        if self.rl.pack_sequences and 0 < self.rl.micro_batch_tokens < longest:
+            raise ConfigError(
+                f"rl.micro_batch_tokens ({self.rl.micro_batch_tokens}) is smaller than the "
+                f"longest sequence a step can hold, sampling.max_prompt_tokens + "
+                f"sampling.max_new_tokens = {longest}")
 
 
 # ----------------------------------------------------------------------------- loading

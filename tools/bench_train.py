@@ -32,6 +32,16 @@ same thread setting; MFU = model FLOPs / step time / peak.
     python tools/bench_train.py                    # the table in docs/performance.md
     python tools/bench_train.py --shapes 1x2x16x48 --steps 2    # smoke run
 
+`--lengths`: packed vs padded train batches (rl.pack_sequences) of ours, side by side, on
+rollouts with ProRL-like response lengths: 15% end at the cap, the rest uniform on
+[0.06 cap, cap] (mean 0.6 cap); prompts uniform on [64, 256] tokens. Both layouts get the
+same token budget per micro-batch (4 padded sequences) and the same one optimizer update
+over all sequences; reported: real (non-padding) prompt + response tokens per second of
+the update (old / reference logprob passes not included), and the share of computed
+token slots that are real.
+
+    python tools/bench_train.py --lengths --caps 1024,2048 --models demo,small --seqs 16
+
 Threads: `--threads N` (default: all cores) pins the process to N cores and sets
 torch.set_num_threads(N), so both sides get the same cores (tools/bench_common.py).
 """
@@ -242,6 +252,110 @@ def bench_shape(hf_dir, cfg, m, b, prompt_len, resp_len, temperature, steps, rng
     }
 
 
+DEMO = dict(vocab_size=261, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            tie_word_embeddings=True)
+
+
+def prorl_lengths(rng: np.random.Generator, count: int, cap: int) -> np.ndarray:
+    """Response lengths: 15% at the cap, the rest uniform on [0.06 cap, cap] (mean 0.6 cap)."""
+    at_cap = np.zeros(count, bool)
+    at_cap[rng.permutation(count)[:round(0.15 * count)]] = True
+    rest = rng.integers(int(0.06 * cap), cap + 1, count)
+    return np.where(at_cap, cap, rest).astype(np.int32)
+
+
+def lengths_case(cfg, params, cap: int, seqs: int, steps: int, rng) -> dict:
+    """Real tokens/s of one update, packed vs padded, on the same rollouts."""
+    import dataclasses
+
+    from prorl_jax.config import TrainConfig, build
+    from prorl_jax.rl import batch as batching
+    from prorl_jax.rl.rollout import Groups
+    from prorl_jax.rl.update import PackedStep
+
+    n = 4
+    G = seqs // n
+    prompt_ids = [list(rng.integers(3, cfg.vocab_size, int(rng.integers(64, 257)))) for _ in range(G)]
+    lengths = prorl_lengths(rng, seqs, cap)
+    groups = Groups(records=[{}] * G, prompt_ids=prompt_ids,
+                    tokens=rng.integers(3, cfg.vocab_size, (seqs, cap)).astype(np.int32),
+                    lengths=lengths, finished=lengths < cap, texts=[""] * seqs,
+                    scores=np.zeros(seqs, np.float32),
+                    rewards=rng.integers(0, 2, seqs).astype(np.float32))
+    base = build(TrainConfig, {
+        "sampling": {"n": n, "max_new_tokens": cap, "max_prompt_tokens": 256},
+        "rl": {"prompts_per_step": G, "mini_batch_prompts": G, "micro_batches": seqs // 4,
+               "kl_coef": RL.kl_coef, "loss_agg": RL.loss_agg}, "optim": dataclasses.asdict(OPTIM)})
+    out = {}
+    for packed in (True, False):
+        tc = dataclasses.replace(base, rl=dataclasses.replace(base.rl, pack_sequences=packed))
+        tb = batching.train_batch(tc, groups, np.arange(G), pad_id=0, place=lambda x, a: jnp.asarray(x))
+        optimizer = make_optimizer(OPTIM)
+        p = jax.tree.map(jnp.copy, params)
+        opt_state = optimizer.init(p)
+        if packed:
+            fn = PackedStep(cfg, tc.rl, optimizer, temperature=1.0)
+            micros = tb.minibatches[0]
+            for mb in micros:
+                mb["old_logprobs"] = mb["ref_logprobs"] = jnp.full(mb["tokens"].shape, -2.0)
+            run = lambda p, o, fn=fn, micros=micros: fn.step(p, o, micros)  # noqa: E731
+        else:
+            fn = make_train_step(cfg, tc.rl, optimizer, prompt_len=tb.prompt_len, temperature=1.0)
+            mb = dict(tb.minibatches[0][0])
+            mb["weight"] = jnp.asarray(mb["weight"])
+            mb["old_logprobs"] = mb["ref_logprobs"] = jnp.full(mb["response_mask"].shape, -2.0)
+            run = lambda p, o, fn=fn, mb=mb: fn(p, o, mb)  # noqa: E731
+        p, opt_state, m = run(p, opt_state)  # compile + warm-up
+        jax.block_until_ready(m)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            p, opt_state, m = run(p, opt_state)
+            jax.block_until_ready((p, m))
+            times.append(time.perf_counter() - t0)
+        key = "packed" if packed else "padded"
+        shape = (micros[0]["tokens"].shape, len(micros)) if packed else (mb["tokens"].shape[1:], mb["tokens"].shape[0])
+        out[key] = {"s": statistics.median(times), "efficiency": tb.real_tokens / tb.slots,
+                    "real": tb.real_tokens, "shape": shape, "loss": float(m["loss"])}
+    out["mean_len"] = float(lengths.mean() / cap)
+    out["at_cap"] = float((lengths == cap).mean())
+    return out
+
+
+def lengths_main(args) -> None:
+    import jax as _jax
+
+    load0 = os.getloadavg()
+    rows = []
+    rng = np.random.default_rng(0)
+    for name in args.models.split(","):
+        spec = {"demo": DEMO, "small": SMALL}[name]
+        cfg = pj.ModelConfig(**{**spec, "max_position_embeddings": 8192})
+        params = __import__("prorl_jax.model.qwen", fromlist=["init_params"]).init_params(
+            cfg, _jax.random.key(0))
+        n_params = sum(int(np.prod(x.shape)) for x in _jax.tree.leaves(params))
+        for cap in (int(c) for c in args.caps.split(",")):
+            res = lengths_case(cfg, params, cap, args.seqs, args.steps, rng)
+            rows.append((name, n_params, cap, res))
+            print(f"# done {name} cap {cap}: {res}", flush=True)
+    load1 = os.getloadavg()
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax "
+          f"{_jax.__version__} ({_jax.default_backend()}), --threads {_THREADS}; {args.seqs} "
+          f"sequences per update, median of {args.steps} updates; attention_impl auto")
+    print(f"# load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min)")
+    print("| model | cap | mean len / cap, at cap | padded: micro-batches x [b, T] | real share | "
+          "real tok/s | packed: micro-batches x [b, T] | real share | real tok/s | packed / padded |")
+    print("|---|---:|---|---|---:|---:|---|---:|---:|---:|")
+    for name, n_params, cap, r in rows:
+        pa, pk = r["padded"], r["packed"]
+        ta, tk = pa["real"] / pa["s"], pk["real"] / pk["s"]
+        print(f"| {name} ({n_params / 1e6:.1f}M) | {cap} | {r['mean_len']:.2f}, {r['at_cap']:.0%} | "
+              f"{pa['shape'][1]} x {list(pa['shape'][0])} | {pa['efficiency']:.0%} | {ta:,.0f} | "
+              f"{pk['shape'][1]} x {list(pk['shape'][0])} | {pk['efficiency']:.0%} | {tk:,.0f} | "
+              f"{tk / ta:.2f}x |", flush=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="1x8x64x192,2x2x128x384",
@@ -252,7 +366,15 @@ def main(argv=None) -> None:
     ap.add_argument("--peak-n", type=int, default=2048, help="matrix size of the peak matmul")
     ap.add_argument("--threads", type=int, default=_THREADS,
                     help="cores for both sides (default: all; see tools/bench_common.py)")
+    ap.add_argument("--lengths", action="store_true",
+                    help="packed vs padded train batches on ProRL-like lengths (see above)")
+    ap.add_argument("--caps", default="1024,2048", help="--lengths: response caps")
+    ap.add_argument("--models", default="demo,small", help="--lengths: demo and/or small")
+    ap.add_argument("--seqs", type=int, default=16, help="--lengths: sequences per update")
     args = ap.parse_args(argv)
+    if args.lengths:
+        lengths_main(args)
+        return
 
     config = Qwen2Config(**SMALL)
     torch.manual_seed(0)

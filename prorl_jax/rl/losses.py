@@ -46,6 +46,8 @@ __all__ = [
     "rloo_advantages",
     "token_logprobs",
     "token_logprobs_from_hidden",
+    "token_weights",
+    "weighted_grpo_loss",
 ]
 
 # verl clamps log-ratios to this range before exp so one wild token cannot overflow.
@@ -261,6 +263,41 @@ def aggregate(values, mask, mode="token-mean", normalizer=None):
         jnp.sum(has_tok).astype(jnp.float32), 1.0)
 
 
+def token_weights(lengths, mode="token-mean", normalizer=None):
+    """Per-sequence weight w_b of each valid token such that, for every mode,
+    `aggregate(v, mask, mode, normalizer) == sum_b w_b * sum_t v[b, t]`.
+
+    A loss written as a weighted token sum can be split over any partition of its
+    sequences (packed rows, micro-batches of a token budget) and summed back exactly.
+
+    Args:
+        lengths: int [B] valid tokens per sequence (n_b); rows with n_b = 0 get weight 0.
+        mode: one of AGG_MODES.
+        normalizer: the seq-mean-token-sum-norm constant (the padded length T of the
+            layout `aggregate` would see); required for that mode.
+
+    Returns:
+        float32 [B].
+    """
+    if mode not in AGG_MODES:
+        raise ConfigError(f"unknown loss aggregation mode {mode!r}; expected one of {AGG_MODES}")
+    n = jnp.asarray(lengths, jnp.float32)
+    has = n > 0
+    if mode == "token-mean":
+        w = jnp.ones_like(n) / jnp.maximum(jnp.sum(n), 1.0)
+    else:
+        seqs = jnp.maximum(jnp.sum(has).astype(jnp.float32), 1.0)
+        if mode == "seq-mean-token-sum":
+            w = jnp.ones_like(n) / seqs
+        elif mode == "seq-mean-token-mean":
+            w = 1.0 / (seqs * jnp.maximum(n, 1.0))
+        else:
+            if normalizer is None or not normalizer > 0:
+                raise ConfigError(f"{mode} needs a normalizer > 0, got {normalizer}")
+            w = jnp.ones_like(n) / (seqs * normalizer)
+    return jnp.where(has, w, 0.0)
+
+
 # ----------------------------------------------------------------------- policy loss
 
 def _check_clip_c(clip_c):
@@ -269,6 +306,31 @@ def _check_clip_c(clip_c):
     if not clip_c > 1.0:
         raise ConfigError(f"dual-clip constant clip_c must be > 1 (or None to disable), "
                           f"got {clip_c}")
+
+
+def _policy_terms(logprobs, old_logprobs, advantages, m, clip_low, clip_high, clip_c):
+    """Per-token clipped surrogate [B, T] and its clip flags (see `policy_loss`)."""
+    # float32 throughout: exp of a bf16 log-ratio would already be off by ~0.4%.
+    logprobs = _zero_masked(logprobs, m).astype(jnp.float32)
+    old_logprobs = jax.lax.stop_gradient(_zero_masked(old_logprobs, m).astype(jnp.float32))
+    adv = jnp.asarray(advantages, jnp.float32)
+    if adv.ndim == logprobs.ndim - 1:
+        adv = adv[..., None]
+    adv = jax.lax.stop_gradient(_zero_masked(jnp.broadcast_to(adv, logprobs.shape), m))
+
+    log_ratio = jnp.clip(logprobs - old_logprobs, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    ratio = jnp.exp(log_ratio)
+    loss_unclipped = -adv * ratio
+    loss_clipped = -adv * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    per_token = jnp.maximum(loss_unclipped, loss_clipped)
+    clipped = loss_clipped > loss_unclipped
+    if clip_c is None:
+        dual = jnp.zeros_like(clipped)
+    else:
+        loss_dual = -adv * clip_c
+        dual = (adv < 0) & (per_token > loss_dual)
+        per_token = jnp.where(adv < 0, jnp.minimum(per_token, loss_dual), per_token)
+    return per_token, clipped, dual, log_ratio, ratio
 
 
 def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_high=0.4,
@@ -297,27 +359,8 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_
     """
     _check_clip_c(clip_c)
     m = _valid(mask)
-    # float32 throughout: exp of a bf16 log-ratio would already be off by ~0.4%.
-    logprobs = _zero_masked(logprobs, m).astype(jnp.float32)
-    old_logprobs = jax.lax.stop_gradient(_zero_masked(old_logprobs, m).astype(jnp.float32))
-    adv = jnp.asarray(advantages, jnp.float32)
-    if adv.ndim == logprobs.ndim - 1:
-        adv = adv[..., None]
-    adv = jax.lax.stop_gradient(_zero_masked(jnp.broadcast_to(adv, logprobs.shape), m))
-
-    log_ratio = jnp.clip(logprobs - old_logprobs, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-    ratio = jnp.exp(log_ratio)
-    loss_unclipped = -adv * ratio
-    loss_clipped = -adv * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    per_token = jnp.maximum(loss_unclipped, loss_clipped)
-    clipped = loss_clipped > loss_unclipped
-    if clip_c is None:
-        dual = jnp.zeros_like(clipped)
-    else:
-        loss_dual = -adv * clip_c
-        dual = (adv < 0) & (per_token > loss_dual)
-        per_token = jnp.where(adv < 0, jnp.minimum(per_token, loss_dual), per_token)
-
+    per_token, clipped, dual, log_ratio, ratio = _policy_terms(
+        logprobs, old_logprobs, advantages, m, clip_low, clip_high, clip_c)
     loss = aggregate(per_token, m, agg)
     sg = jax.lax.stop_gradient
     metrics = {
@@ -420,4 +463,51 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_lo
         loss = loss - entropy_coef * ent
         metrics["entropy"] = jax.lax.stop_gradient(ent)
     metrics["loss"] = jax.lax.stop_gradient(loss)
+    return loss, metrics
+
+
+def weighted_grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, weights,
+                       metric_weights, *, clip_low=0.2, clip_high=0.4, clip_c=3.0,
+                       kl_coef=1e-4, kl_kind="low_var_kl", entropy=None, entropy_coef=0.0):
+    """`grpo_loss` with the aggregation given as per-token weights (packed batches).
+
+    With weights from `token_weights` (normalised over a whole mini-batch) and
+    metric_weights = 1 / (valid tokens of the mini-batch), the values returned for any
+    part of the mini-batch are partial sums: summed over the parts they equal what
+    `grpo_loss(..., agg)` gives on the whole mini-batch (ratio_max combines by max).
+
+    Args:
+        logprobs, old_logprobs, ref_logprobs: [B, T] (ref may be None for no KL term).
+        advantages: [B, T] per token (a sequence's advantage repeated over its tokens).
+        mask: [B, T] valid (response) tokens.
+        weights: float32 [B, T] aggregation weight of each token (0 off the mask).
+        metric_weights: float32 scalar or [B, T]: token-mean weight of the metrics.
+        entropy: [B, T] or None; other arguments as in `grpo_loss`.
+
+    Returns:
+        (loss float32 scalar, metrics dict of float32 scalars): the keys of `grpo_loss`.
+    """
+    _check_clip_c(clip_c)
+    m = _valid(mask)
+    w = _zero_masked(weights, m).astype(jnp.float32)
+    mw = _zero_masked(jnp.broadcast_to(jnp.asarray(metric_weights, jnp.float32), m.shape), m)
+    per_token, clipped, dual, log_ratio, ratio = _policy_terms(
+        logprobs, old_logprobs, advantages, m, clip_low, clip_high, clip_c)
+    wsum = lambda x: jnp.sum(w * _zero_masked(x, m).astype(jnp.float32))  # noqa: E731
+    sg = jax.lax.stop_gradient
+    msum = lambda x: jnp.sum(mw * _zero_masked(sg(x), m).astype(jnp.float32))  # noqa: E731
+    pg_loss = wsum(per_token)
+    loss = pg_loss
+    metrics = {"pg_loss": sg(pg_loss), "pg_clipfrac": msum(clipped),
+               "pg_clipfrac_lower": msum(dual), "approx_kl": msum(-log_ratio),
+               "ratio_mean": msum(ratio), "ratio_max": jnp.max(jnp.where(m, sg(ratio), 0.0))}
+    if ref_logprobs is not None:
+        kl = wsum(kl_penalty(_zero_masked(logprobs, m), _zero_masked(ref_logprobs, m), kl_kind))
+        loss = loss + kl_coef * kl
+        metrics["kl"] = sg(kl)
+    if entropy is not None:
+        ent = wsum(entropy)
+        loss = loss - entropy_coef * ent
+        metrics["entropy"] = sg(ent)
+    metrics["loss"] = sg(loss)
     return loss, metrics

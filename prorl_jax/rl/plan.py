@@ -36,16 +36,84 @@ def model_config_for(cfg: TrainConfig) -> ModelConfig:
     return base.replace(**m.numerics())
 
 
+# Activation model of one micro-batch's gradient, in floats per token (A = one layer's
+# forward activations per token, 4D + 2NH + 2KH + 3F). Coefficients were read off XLA's
+# compiled.memory_analysis() on CPU (tests/rl/test_plan.py checks them on other shapes):
+# the backward of one layer holds ~2.65 A per token (plus attention); remat "none" saves
+# ~0.9 A per layer (dense; blockwise's custom VJP keeps its q/k/v/out residuals: ~1.5 A),
+# "save_dots" keeps the matmul outputs (~0.6 A, not measured), "full" only the layer input D.
+_LAYER_WORKING = 2.65
+_SAVED = {"none": 0.9, "save_dots": 0.6}
+_SAVED_BLOCKWISE_NONE = 1.5
+# Dense attention: float32 scores / probabilities [rows, N, T, S]. remat none keeps 2 per
+# layer for the backward; the layer being differentiated works on ~3 more.
+_DENSE_SAVED_PER_LAYER = 2
+_DENSE_WORKING = 3.25
+
+
+def attention_kind(mc: ModelConfig) -> str:
+    """The attention memory class a training step gets: "dense" (T x S scores) or "flash"
+    (blockwise, and the cudnn / splash kernels, which keep O(T x block)). auto plans as
+    on an accelerator, where it picks a flash kernel."""
+    return "dense" if mc.attention_impl == "dense" else "flash"
+
+
+def micro_batch_bytes(mc: ModelConfig, rows: int, T: int, tensor: int = 1,
+                      chunk_size: int = 512) -> dict:
+    """Temporary memory (bytes) of the gradient of one micro-batch of `rows` x T tokens
+    on one device: the parts of XLA's temp allocation (see the coefficients above)."""
+    abytes = _BYTES[mc.dtype]
+    D, F, L, V = mc.hidden_size, mc.intermediate_size, mc.num_hidden_layers, mc.vocab_size
+    N, K, H = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
+    A = 4 * D + (2 * N * H + 2 * K * H + 3 * F) / tensor
+    tokens = rows * T
+    kind = attention_kind(mc)
+    if mc.remat == "full":
+        saved = L * tokens * D * abytes
+    elif mc.remat == "none" and kind == "flash":
+        saved = L * tokens * _SAVED_BLOCKWISE_NONE * A * abytes
+    else:
+        saved = L * tokens * _SAVED[mc.remat] * A * abytes
+    working = tokens * _LAYER_WORKING * A * abytes
+    scores = rows * max(1, N // tensor) * T * T * 4  # one layer's float32 [rows, N, T, S]
+    if kind == "dense":
+        attn = scores * (_DENSE_WORKING + (_DENSE_SAVED_PER_LAYER * L if mc.remat == "none" else 0))
+    else:
+        bq, bk = min(mc.attention_block_q, T), min(mc.attention_block_kv, T)
+        attn = 4 * rows * max(1, N // tensor) * bq * bk * 4  # a few float32 tiles
+    # The lm head runs over T in chunks: logits, softmax and their cotangent of one chunk.
+    logits = 3 * rows * min(chunk_size, T) * V * 4 / tensor
+    return {"saved activations": saved, "layer backward": working,
+            f"attention ({mc.attention_impl}, {kind})": attn, "chunked logits": logits}
+
+
+def micro_batch_layout(cfg: TrainConfig) -> dict:
+    """Rows and row length of the largest micro-batch one device computes."""
+    from prorl_jax.rl.batch import micro_batch_tokens, pack_length
+
+    longest = cfg.sampling.max_prompt_tokens + cfg.sampling.max_new_tokens
+    shards_batch = cfg.mesh.data * cfg.mesh.fsdp
+    if cfg.rl.pack_sequences:
+        budget = micro_batch_tokens(cfg)
+        T = pack_length(longest, budget, dense=cfg.model.attention_impl == "dense")
+        return {"rows": budget // T, "T": T, "what": f"packed, {budget} tokens per device"}
+    micro_rows = cfg.rl.mini_batch_prompts * cfg.sampling.n // cfg.rl.micro_batches
+    return {"rows": max(1, micro_rows // shards_batch), "T": longest,
+            "what": f"padded, {micro_rows} sequences per micro-batch"}
+
+
 def memory_plan(cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> dict:
     """Per-device memory estimate (bytes) of each part of a training step.
 
-    Params, optimizer moments and the reference are sharded over fsdp x tensor (training
-    rules). Activations: per micro-batch, sharded over data x fsdp (batch) and tensor;
-    with remat "full" only each layer's input is kept for the backward pass; otherwise a
-    layer keeps roughly its q/k/v/o, MLP and norm activations (about 4D + 3F per token).
-    The KV cache of the sampler holds prompt + response for every rollout sequence (or
-    every chunk of sampling.max_batch_tokens, or the continuous engine's
-    sampling.decode_slots), batch over data x fsdp and kv-heads over tensor (sampling rules).
+    Params, optimizer moments, gradients and the reference are sharded over fsdp x tensor
+    (training rules). The update's temporaries are those of one micro-batch
+    (`micro_batch_bytes`: saved activations by the remat policy, one layer's backward,
+    the attention of the chosen implementation, the chunked lm head) at the largest
+    micro-batch the layout allows (`micro_batch_layout`). The KV cache of the sampler holds
+    prompt + response for every sequence of a sampler call (or every chunk of
+    sampling.max_batch_tokens, or the continuous engine's sampling.decode_slots), batch
+    over data x fsdp and kv-heads over tensor (sampling rules). The sampler and the update run one after the
+    other, so the peak is the persistent state plus the larger phase; `bound` names it.
     """
     mc = model_cfg or model_config_for(cfg)
     mesh = cfg.mesh
@@ -61,15 +129,12 @@ def memory_plan(cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> dict:
     reference = params
     n = cfg.sampling.n
     seq = cfg.sampling.max_prompt_tokens + cfg.sampling.max_new_tokens
-    micro_rows = cfg.rl.mini_batch_prompts * n // cfg.rl.micro_batches
-    rows_dev = max(1, micro_rows // shards_batch)
-    D, F, L = mc.hidden_size, mc.intermediate_size, mc.num_hidden_layers
-    per_token_layer = D if mc.remat == "full" else (4 * D + 3 * F) // (mesh.tensor if mc.remat == "none" else 1)
-    if mc.remat == "save_dots":
-        per_token_layer = (2 * D + 2 * F) // mesh.tensor + D
-    activations = rows_dev * seq * L * per_token_layer * abytes
-    # One layer recomputed/live at a time, plus the chunked lm-head (fp32 logits of a chunk).
-    activations += rows_dev * seq * (4 * D + 3 * F) * abytes + rows_dev * 1024 * mc.vocab_size * 4
+    micro = micro_batch_layout(cfg)
+    step = micro_batch_bytes(mc, micro["rows"], micro["T"], mesh.tensor)
+    # The micro-batch's own arrays: ~9 int32 / float32 values per token (batch.py).
+    step["micro-batch arrays"] = 9 * 4 * micro["rows"] * micro["T"]
+    update = grads + sum(step.values())
+    L = mc.num_hidden_layers
     gen_rows = cfg.rl.prompts_per_step * n
     gen_rows_dev = max(1, gen_rows // shards_batch)
     kv_heads_dev = max(1, mc.num_key_value_heads // mesh.tensor)
@@ -83,20 +148,24 @@ def memory_plan(cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> dict:
         kv_cache = 2 * L * max(1, cfg.sampling.decode_slots // shards_batch) * seq \
             * kv_heads_dev * mc.head_dim * abytes
     parts = {"params": params, "optimizer_state": opt, "gradients": grads, "reference": reference,
-             "activations (one micro-batch)": activations, "kv_cache (sampler)": kv_cache}
+             **{f"update: {k}": v for k, v in step.items()}, "kv_cache (sampler)": kv_cache}
+    if kv_cache >= update:
+        bound = "the sampler's KV cache"
+    else:
+        bound = "update: " + max(step, key=step.get)
     return {
         "model": mc, "num_params": n_params, "devices": mesh.data * mesh.fsdp * mesh.tensor,
         "mesh": {"data": mesh.data, "fsdp": mesh.fsdp, "tensor": mesh.tensor},
-        "parts": parts,
-        # The sampler and the update run one after the other, so peak = state + larger phase.
-        "peak": params + opt + reference + max(grads + activations, kv_cache),
+        "parts": parts, "micro_batch": micro,
+        "peak": params + opt + reference + max(update, kv_cache),
+        "bound": bound,
         "shapes": {
             "rollout sequences per step": f"{cfg.rl.prompts_per_step} prompts x n={n} = {gen_rows}",
             "sequence length (prompt + response)": f"{cfg.sampling.max_prompt_tokens} + "
                                                    f"{cfg.sampling.max_new_tokens} = {seq}",
             "mini-batch": f"{cfg.rl.mini_batch_prompts * n} sequences "
                           f"({cfg.rl.prompts_per_step // cfg.rl.mini_batch_prompts} updates per step)",
-            "micro-batch": f"{micro_rows} sequences x {seq} tokens, {rows_dev} per device",
+            "micro-batch": f"{micro['what']}: {micro['rows']} rows x {micro['T']} tokens per device",
         },
     }
 
@@ -114,8 +183,8 @@ def format_plan(cfg: TrainConfig, plan: dict, config_path: str | pathlib.Path | 
         "  batch shapes:",
         *[f"    {k}: {v}" for k, v in plan["shapes"].items()],
         "  memory per device (estimate):",
-        *[f"    {k:<30} {v / GiB:8.2f} GiB" for k, v in plan["parts"].items()],
-        f"    {'peak':<30} {plan['peak'] / GiB:8.2f} GiB",
+        *[f"    {k:<40} {v / GiB:8.2f} GiB" for k, v in plan["parts"].items()],
+        f"    {'peak':<40} {plan['peak'] / GiB:8.2f} GiB  (bound by {plan['bound']})",
         f"  steps: {cfg.steps}; rollout temperature {cfg.sampling.temperature}; "
         f"clip ({cfg.rl.clip_low}, {cfg.rl.clip_high}), dual clip {cfg.rl.clip_c}; "
         f"KL {cfg.rl.kl_kind} x {cfg.rl.kl_coef}; lr {cfg.optim.lr}",

@@ -38,7 +38,13 @@ from prorl_jax.rl import state as state_lib
 from prorl_jax.rl.metrics_log import MetricsLogger
 from prorl_jax.rl.rollout import DynamicSamplingError, RolloutWorker
 from prorl_jax.rl.startup import check_chat_template, check_positions, write_config
-from prorl_jax.rl.update import batch_logprobs, combines_by_max, make_train_step, micro_weights
+from prorl_jax.rl.update import (
+    PackedStep,
+    batch_logprobs,
+    batch_packed_logprobs,
+    combines_by_max,
+    make_train_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +192,7 @@ class Trainer:
             self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
                                      async_save=cfg.checkpoint.async_save)
             self.counters = Counters()
-            self._train_steps: dict[int, Any] = {}
+            self._train_steps: dict[tuple, Any] = {}
             self._saved_step: int | None = None
             resume_step = None
             if resume:
@@ -304,12 +310,18 @@ class Trainer:
         axes[batch_axis] = "batch"
         return shard_batch(x, self.mesh, TRAIN_RULES, axes)
 
-    def _train_step_fn(self, prompt_len: int):
-        fn = self._train_steps.get(prompt_len)
+    def _train_step_fn(self, prompt_len: int | None):
+        """The jitted update: PackedStep (prompt_len None) or the padded scan step."""
+        key = (self.cfg.rl, prompt_len)
+        fn = self._train_steps.get(key)
         if fn is None:
-            fn = make_train_step(self.model_cfg, self.cfg.rl, self.optimizer,
-                                 prompt_len=prompt_len, temperature=self._temperature)
-            self._train_steps[prompt_len] = fn
+            if prompt_len is None:
+                fn = PackedStep(self.model_cfg, self.cfg.rl, self.optimizer,
+                                temperature=self._temperature)
+            else:
+                fn = make_train_step(self.model_cfg, self.cfg.rl, self.optimizer,
+                                     prompt_len=prompt_len, temperature=self._temperature)
+            self._train_steps[key] = fn
         return fn
 
     @property
@@ -317,56 +329,69 @@ class Trainer:
         # verl computes training logprobs at the rollout temperature; greedy rollouts -> 1.
         return self.cfg.sampling.temperature or 1.0
 
-    def _logprobs(self, params, arrays: dict, prompt_len: int, with_entropy: bool = False):
-        """Logprobs [B, R] (and entropies) of all rows, in micro-batch-sized slices."""
-        rows = arrays["tokens"].shape[0]
-        size = max(1, self.cfg.rl.mini_batch_prompts * self.cfg.sampling.n // self.cfg.rl.micro_batches)
-        outs = []
-        for start in range(0, rows, size):
-            sl = batching.pad_rows({k: arrays[k][start:start + size]
-                                    for k in ("tokens", "attention_mask")}, size)
-            with self._rules():
-                out = batch_logprobs(self.model_cfg, params, self._device(sl["tokens"]),
-                                     self._device(sl["attention_mask"]), prompt_len=prompt_len,
-                                     temperature=self._temperature, with_entropy=with_entropy)
-            keep = min(size, rows - start)
-            outs.append([np.asarray(o)[:keep] for o in (out if with_entropy else (out,))])
-        cat = [np.concatenate(parts) for parts in zip(*outs)]
-        return tuple(cat) if with_entropy else cat[0]
+    def _logprobs(self, params, mb: dict, prompt_len: int | None, with_entropy: bool = False):
+        """Logprobs (and entropies) of one mini-batch's micro-batch(es), kept on device:
+        [b, T] for a packed micro-batch, [M, b, R] for a padded mini-batch."""
+        kw = dict(temperature=self._temperature, with_entropy=with_entropy)
+        if prompt_len is None:
+            return batch_packed_logprobs(self.model_cfg, params, mb["tokens"], mb["segment_ids"],
+                                         mb["targets"], **kw)
+        outs = [batch_logprobs(self.model_cfg, params, mb["tokens"][m], mb["attention_mask"][m],
+                               prompt_len=prompt_len, **kw)
+                for m in range(mb["tokens"].shape[0])]
+        if not with_entropy:
+            return jnp.stack(outs)
+        return tuple(jnp.stack(o) for o in zip(*outs))
+
+    def _entropy(self, tb, mb: dict, entropy, k: int):
+        """Mini-batch k's share of the step's aggregated rollout entropy (device scalar)."""
+        if tb.packed:
+            return tb.scales[k] * jnp.sum(entropy * mb["weights"] * mb["loss_mask"])
+        per_micro = jnp.stack([losses.aggregate(entropy[m], mb["response_mask"][m],
+                                                self.cfg.rl.loss_agg)
+                               for m in range(entropy.shape[0])])
+        return tb.scales[k] * jnp.sum(per_micro * mb["weight"])
 
     def update(self, groups, step: int) -> dict:
-        """PPO epochs over mini-batches of the kept groups; returns averaged metrics."""
+        """PPO epochs over the step's mini-batches; returns averaged metrics.
+
+        The train batch is built and placed on the device(s) once (rl/batch.py); old and
+        reference logprobs are computed there and stay there; every epoch visits the same
+        mini-batches (one permutation of the groups per step).
+        """
         cfg = self.cfg
-        prompt_len = batching.bucket_prompt_len(max(len(p) for p in groups.prompt_ids),
-                                                cfg.sampling.max_prompt_tokens)
-        arrays = batching.layout(groups, prompt_len, self.pad_id)
-        arrays["advantages"] = batching.advantages(cfg, groups.rewards, arrays["response_mask"])
-        arrays["old_logprobs"], entropy = self._logprobs(self.state.params, arrays, prompt_len,
-                                                         with_entropy=True)
-        if cfg.rl.kl_coef != 0:
-            arrays["ref_logprobs"] = self._logprobs(self.state.ref_params, arrays, prompt_len)
-        else:
-            arrays["ref_logprobs"] = arrays["old_logprobs"]
-        train_step = self._train_step_fn(prompt_len)
         rng = np.random.default_rng([cfg.seed, step])
-        params, opt_state = self.state.params, self.state.opt_state
-        collected: list[dict] = []
-        for _ in range(cfg.rl.ppo_epochs):
-            order = rng.permutation(groups.num_groups)
-            for mb in batching.minibatches(arrays, order, cfg):
-                mb["weight"] = micro_weights(mb["response_mask"], cfg.rl.micro_batches,
-                                             cfg.rl.loss_agg)
-                mb = {k: (jnp.asarray(v) if k == "weight" else self._device(v, batch_axis=1))
-                      for k, v in mb.items()}
-                with self._rules():
-                    params, opt_state, m = train_step(params, opt_state, mb)
-                collected.append(m)
+        order = rng.permutation(groups.num_groups)
+        shards = 1 if self.mesh is None else cfg.mesh.data * cfg.mesh.fsdp
+        tb = batching.train_batch(cfg, groups, order, self.pad_id, place=self._device,
+                                  shards=shards)
+        entropy_parts = []
+        with self._rules():
+            for k, micros in enumerate(tb.minibatches):
+                for mb in micros:
+                    mb["old_logprobs"], ent = self._logprobs(self.state.params, mb, tb.prompt_len,
+                                                             with_entropy=True)
+                    mb["ref_logprobs"] = (self._logprobs(self.state.ref_params, mb, tb.prompt_len)
+                                          if cfg.rl.kl_coef != 0 else mb["old_logprobs"])
+                    entropy_parts.append(self._entropy(tb, mb, ent, k))
+            train_step = self._train_step_fn(tb.prompt_len)
+            params, opt_state = self.state.params, self.state.opt_state
+            collected: list[dict] = []
+            for _ in range(cfg.rl.ppo_epochs):
+                for micros in tb.minibatches:
+                    if tb.packed:
+                        params, opt_state, m = train_step.step(params, opt_state, micros)
+                    else:
+                        mb = dict(micros[0], weight=jnp.asarray(micros[0]["weight"]))
+                        params, opt_state, m = train_step(params, opt_state, mb)
+                    collected.append(m)
         self.state = self.state.replace(params=params, opt_state=opt_state)
         stacked = {k: np.asarray([float(m[k]) for m in collected]) for k in collected[0]}
         out = {k: float(v.max() if combines_by_max(k) else v.mean()) for k, v in stacked.items()}
         out["skipped"] = float(stacked["skipped"].sum())
         # The rollout policy's entropy (at the rollout temperature), same aggregation as the loss.
-        out["entropy"] = float(losses.aggregate(entropy, arrays["response_mask"], cfg.rl.loss_agg))
+        out["entropy"] = float(sum(entropy_parts))
+        out["tokens/packing_efficiency"] = tb.real_tokens / max(tb.slots, 1)
         self.counters.skipped_updates += int(out["skipped"])
         if out["skipped"]:
             log.warning("step %d: %d update(s) skipped for a non-finite loss or gradient",

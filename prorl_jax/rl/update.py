@@ -1,9 +1,16 @@
-"""Jitted pieces of the GRPO update: sequence logprobs and one optimizer step.
+"""Jitted pieces of the GRPO update: sequence logprobs and one optimizer step, for the two
+layouts of rl/batch.py.
 
-A training sequence is a left-padded prompt [P] followed by a right-padded response [R]
-(T = P + R). The hidden state at position P - 1 + t predicts response token t, so the
+Padded: a training sequence is a left-padded prompt [P] followed by a right-padded response
+[R] (T = P + R). The hidden state at position P - 1 + t predicts response token t, so the
 response logprobs come from hidden[:, P-1 : P+R-1] and the lm head, computed over sequence
 chunks so the [B, R, V] float32 logits never exist at once.
+
+Packed: rows [b, T] of several sequences with segment ids; column c predicts targets[c]
+(= tokens[c + 1] where that is a response token), so logprobs are [b, T] over every column
+and only the loss mask picks the response tokens. A mini-batch is any number of micro-
+batches: `PackedStep.accumulate` adds one micro-batch's gradient (its loss already carries
+the mini-batch normaliser in per-token weights), `PackedStep.apply` takes the optimizer step.
 """
 
 from __future__ import annotations
@@ -135,3 +142,122 @@ def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTra
         return keep(new_params, params), keep(new_opt_state, opt_state), metrics
 
     return jax.jit(step, donate_argnums=(0, 1))
+
+
+# ----------------------------------------------------------------------------- packed rows
+
+
+def packed_logprobs(cfg: ModelConfig, params, tokens, segment_ids, targets, temperature: float,
+                    *, with_entropy: bool = False, chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+    """Next-token logprobs (and entropies) of packed rows under softmax(logits / temperature).
+
+    Args:
+      tokens: int32 [b, T] packed sequences; segment_ids int32 [b, T] (0 = padding).
+      targets: int32 [b, T] the token each column predicts (anything where unused).
+    Returns:
+      logp float32 [b, T] (and entropy float32 [b, T] when with_entropy).
+    """
+    hidden = qwen.forward_hidden(cfg, params, tokens, segment_ids=segment_ids)  # [b, T, D]
+    w = qwen.unembed_matrix(cfg, params)  # [D, V]
+    if not with_entropy:
+        return losses.token_logprobs_from_hidden(hidden, w, targets, temperature,
+                                                 chunk_size=chunk_size)
+    return losses.logprobs_and_entropy_from_hidden(hidden, w, targets, temperature,
+                                                   chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "temperature", "with_entropy", "chunk_size"))
+def batch_packed_logprobs(cfg, params, tokens, segment_ids, targets, *, temperature,
+                          with_entropy=False, chunk_size=losses.DEFAULT_CHUNK_SIZE):
+    """Jitted `packed_logprobs` without gradients: old (with entropy) and reference logprobs."""
+    return packed_logprobs(cfg, params, tokens, segment_ids, targets, temperature,
+                           with_entropy=with_entropy, chunk_size=chunk_size)
+
+
+class PackedStep:
+    """The GRPO update over packed micro-batches (any number per mini-batch).
+
+    `accumulate(params, acc, micro) -> acc` adds one micro-batch's gradient and metric
+    partial sums; `apply(params, opt_state, acc) -> (params, opt_state, metrics)` takes
+    the optimizer step (a non-finite loss or gradient leaves both unchanged, skipped = 1).
+    micro: tokens, segment_ids, targets, loss_mask [b, T], weights, advantages,
+    old_logprobs, ref_logprobs float32 [b, T], metric_weight float32 scalar (batch.py).
+    Each program is compiled once per micro-batch shape (b, T); `step` runs a mini-batch.
+    """
+
+    def __init__(self, cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTransformation,
+                 *, temperature: float, chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+        want_entropy = rl.entropy_coef != 0.0
+
+        def loss_fn(params, mb):
+            out = packed_logprobs(cfg, params, mb["tokens"], mb["segment_ids"], mb["targets"],
+                                  temperature, with_entropy=want_entropy, chunk_size=chunk_size)
+            logp, ent = out if want_entropy else (out, None)
+            return losses.weighted_grpo_loss(
+                logp, mb["old_logprobs"], mb["ref_logprobs"], mb["advantages"], mb["loss_mask"],
+                mb["weights"], mb["metric_weight"], clip_low=rl.clip_low, clip_high=rl.clip_high,
+                clip_c=rl.clip_c, kl_coef=rl.kl_coef, kl_kind=rl.kl_kind, entropy=ent,
+                entropy_coef=rl.entropy_coef)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        self._loss_fn = loss_fn
+
+        def accumulate(params, acc, mb):
+            grads, metrics = acc
+            (_, m), g = grad_fn(params, mb)
+            grads = jax.tree.map(jnp.add, grads, g)
+            # Partial sums add up over the micro-batches; maxima combine by max.
+            metrics = {k: (jnp.maximum(metrics[k], v) if k.endswith("max") else metrics[k] + v)
+                       for k, v in m.items()}
+            return grads, metrics
+
+        def apply(params, opt_state, acc):
+            grads, metrics = acc
+            grad_norm = optax.global_norm(grads)
+            finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
+            updates, new_opt_state = optimizer.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            keep = lambda new, old: jax.tree.map(  # noqa: E731
+                lambda a, b: jnp.where(finite, a, b), new, old)
+            metrics = {**metrics, "grad_norm": grad_norm,
+                       "skipped": (~finite).astype(jnp.float32)}
+            return keep(new_params, params), keep(new_opt_state, opt_state), metrics
+
+        self.accumulate = jax.jit(accumulate, donate_argnums=(1,))
+        self.apply = jax.jit(apply, donate_argnums=(0, 1))
+        self._metric_keys = None
+
+        def zeros(params, keys):
+            metrics = {k: jnp.float32(-jnp.inf if k.endswith("max") else 0.0) for k in keys}
+            return jax.tree.map(jnp.zeros_like, params), metrics
+
+        self._zeros = jax.jit(zeros, static_argnums=(1,))
+
+    def zeros(self, params, micro: dict):
+        """The empty accumulator (zero gradients, neutral metrics) for this params tree."""
+        if self._metric_keys is None:
+            self._metric_keys = tuple(jax.eval_shape(self._loss_fn, params, micro)[1])
+        grads, metrics = self._zeros(params, self._metric_keys)
+        # Placed (committed) like the outputs of `accumulate`: an uncommitted first
+        # accumulator would compile `accumulate` a second time for every shape.
+        grads = jax.tree.map(lambda z, p: jax.device_put(z, p.sharding), grads, params)
+        s = jax.tree.leaves(params)[0].sharding
+        scalar = (jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec())
+                  if isinstance(s, jax.sharding.NamedSharding) else s)
+        return grads, jax.device_put(metrics, scalar)
+
+    def step(self, params, opt_state, micros: list[dict]):
+        """One optimizer update over the micro-batches of a mini-batch."""
+        # Commit fresh (uncommitted) inputs where they are: the step's outputs are
+        # committed, and each kind would otherwise get its own compiled program.
+        commit = lambda t: jax.tree.map(  # noqa: E731
+            lambda x: x if getattr(x, "committed", True) else jax.device_put(x, x.sharding), t)
+        params, opt_state = commit(params), commit(opt_state)
+        acc = self.zeros(params, micros[0])
+        for mb in micros:
+            acc = self.accumulate(params, acc, mb)
+        return self.apply(params, opt_state, acc)
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Compiled programs so far (one per micro-batch shape)."""
+        return {"accumulate": self.accumulate._cache_size(), "apply": self.apply._cache_size()}

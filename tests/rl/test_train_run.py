@@ -92,8 +92,13 @@ def test_dry_run_for_the_paper_config_on_this_cpu():
     assert "1,777,088,000 parameters" in out  # DeepSeek-R1-Distill-Qwen-1.5B, untied head
     assert "data=4 fsdp=8 tensor=1 (32 devices)" in out
     assert "256 prompts x n=16 = 4096" in out
-    for part in ("params", "optimizer_state", "reference", "activations", "kv_cache", "peak"):
+    for part in ("params", "optimizer_state", "reference", "activations", "kv_cache", "peak",
+                 "attention (auto, flash)", "chunked logits", "bound by"):
         assert part in out
+    # The 16k stage with dense attention: the [T, S] scores bound the peak.
+    dense = train(["--config", "prorl_1.5b", "--dry-run", "--set", "sampling.max_new_tokens=16384",
+                   "--set", "model.attention_impl=dense"]).stdout
+    assert "bound by update: attention (dense, dense)" in dense
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
