@@ -116,7 +116,7 @@ def resolve(impl: str, *, backend: str, dtype, B: int, N: int, T: int, S: int, H
     auto: cudnn on GPU for bf16 / fp16 with a head size cuDNN takes, else blockwise;
     splash on TPU for cache-free self-attention (T == S), else blockwise; on CPU dense
     below CPU_BLOCKWISE_MIN_SCORES and blockwise from there or when dense would not fit.
-    The pick is logged once per shape.
+    The pick is logged once per shape, at DEBUG level.
     """
     if impl not in IMPLS:
         raise ConfigError(f"{_KEY} must be one of {IMPLS}, got {impl!r}")
@@ -148,8 +148,8 @@ def resolve(impl: str, *, backend: str, dtype, B: int, N: int, T: int, S: int, H
     key = (backend, str(dtype), B, N, T, S, H, choice)
     if key not in _logged:
         _logged.add(key)
-        log.info("attention_impl auto: %s for B=%d N=%d T=%d S=%d H=%d %s on %s",
-                 choice, B, N, T, S, H, dtype, backend)
+        log.debug("attention_impl auto: %s for B=%d N=%d T=%d S=%d H=%d %s on %s",
+                  choice, B, N, T, S, H, dtype, backend)
     return choice
 
 

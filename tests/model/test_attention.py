@@ -300,7 +300,7 @@ def test_blockwise_bfloat16_is_close_to_float32_dense():
 
 
 def test_auto_logs_its_pick_once_per_shape(caplog):
-    caplog.set_level("INFO", logger="prorl_jax.model.attention")
+    caplog.set_level("DEBUG", logger="prorl_jax.model.attention")
     for _ in range(3):
         attention.resolve("auto", backend="cpu", dtype="float32", B=3, N=5, T=777, S=777, H=8)
     picks = [r for r in caplog.records if "T=777" in r.getMessage()]
