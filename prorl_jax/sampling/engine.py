@@ -392,14 +392,9 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
     n, new = sampling.n, sampling.max_new_tokens
     num_prompts, num_rows = len(rows_prompts), len(rows_prompts) * n
     split = layout == "decode"
-    tokens = np.zeros((num_prompts, width), np.int32)  # [P, T] left-padded
-    mask = np.zeros((num_prompts, width), np.int32)
-    for i, p in enumerate(rows_prompts):
-        tokens[i, width - len(p):] = p
-        mask[i, width - len(p):] = 1
+    tokens, mask = sampler.left_padded(rows_prompts, width)  # [P, T]
     strategy = strategy_for(sampling, cfg.vocab_size)
-    stop_ids = np.full(bucket(len(sampling.stop_token_ids), multiple=4), -1, np.int32)
-    stop_ids[:len(sampling.stop_token_ids)] = sampling.stop_token_ids
+    stop_ids = sampler.stop_id_array(sampling.stop_token_ids)
     seed_arr = np.asarray(seed, np.uint32)
     if mesh is not None:
         params = jax.device_put(params, shd.shardings_for(

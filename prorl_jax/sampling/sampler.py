@@ -249,6 +249,24 @@ def _check_prompts(prompts, vocab_size: int) -> list[np.ndarray]:
     return out
 
 
+def left_padded(prompts, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> left-padded int32 tokens [P, T=width] and their 0/1 mask [P, T]."""
+    tokens = np.zeros((len(prompts), width), np.int32)
+    mask = np.zeros((len(prompts), width), np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, width - len(p):] = p
+        mask[i, width - len(p):] = 1
+    return tokens, mask
+
+
+def stop_id_array(stop_token_ids) -> np.ndarray:
+    """Stop ids as int32, padded with -1 (never sampled) to a multiple of 4 so that the
+    count rarely changes the compiled program."""
+    stop_ids = np.full(bucket(len(stop_token_ids), multiple=4), -1, np.int32)
+    stop_ids[:len(stop_token_ids)] = stop_token_ids
+    return stop_ids
+
+
 def _place(mesh, x, axes):
     if mesh is None:
         return x  # jit transfers numpy arguments itself, without an eager dispatch each
@@ -285,17 +303,10 @@ def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: 
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     per_chunk = chunk_rows(num_rows, width + new, max_batch_tokens, shards)
 
-    # Left-padded prompt matrix, one row per prompt (its n samples share the prefill).
-    tokens = np.zeros((len(rows_prompts), width), np.int32)  # [P, T]
-    mask = np.zeros((len(rows_prompts), width), np.int32)
-    for i, p in enumerate(rows_prompts):
-        tokens[i, width - len(p):] = p
-        mask[i, width - len(p):] = 1
-
+    # One row per prompt (its n samples share the prefill).
+    tokens, mask = left_padded(rows_prompts, width)
     strategy = strategy_for(sampling, cfg.vocab_size)
-    # Padded with -1 (never sampled) to a multiple of 4 so the count rarely changes the program.
-    stop_ids = np.full(bucket(len(sampling.stop_token_ids), multiple=4), -1, np.int32)
-    stop_ids[:len(sampling.stop_token_ids)] = sampling.stop_token_ids
+    stop_ids = stop_id_array(sampling.stop_token_ids)
     seed_arr = np.asarray(seed, np.uint32)
     if mesh is not None:
         params = jax.device_put(params, shd.shardings_for(
