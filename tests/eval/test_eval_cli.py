@@ -3,31 +3,15 @@ hold, unusable --out paths and a model without a tokenizer are one line and exit
 nothing written; a failed run leaves --out reusable; one model prints its pass@k table."""
 
 import os
-import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
+from cli_run import ROOT, assert_one_line_error, prorl
 
 from prorl_jax.tokenizer import TOKENIZER_FILES
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO_BASE = ROOT / "prorl_jax" / "assets" / "demo_base"
 DATA = "reasoning_gym:basic_arithmetic:2"
-
-
-def prorl(*args):
-    return subprocess.run([sys.executable, "-m", "prorl_jax", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
-def assert_one_line_error(proc, *parts):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 def small_eval(out, *extra):

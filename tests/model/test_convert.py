@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from cli_run import assert_one_line_error, prorl
 from safetensors import safe_open
 
 from prorl_jax.cli import main
@@ -84,21 +85,6 @@ def test_convert_cli_module_does_not_import_jax():
 
 
 # ----------------------------------------------------------------- newcomer cases (CLI)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def prorl(*args):
-    return subprocess.run([sys.executable, "-m", "prorl_jax", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
-def assert_one_line_error(proc, *parts):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 def test_builtin_model_recorded_tokenizer_and_no_silent_overwrite(tmp_path):

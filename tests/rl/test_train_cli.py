@@ -2,8 +2,8 @@
 with nothing written, resumes never lose the last good config or the base validation,
 signals give distinct exit codes, and the console output stays readable."""
 
+import functools
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -13,12 +13,14 @@ import sys
 import time
 
 import pytest
+from cli_run import ROOT, assert_one_line_error, prorl, sets
 
 from prorl_jax.checkpoint import complete_steps
 from prorl_jax.rl.metrics_log import read_metrics
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO_BASE = ROOT / "prorl_jax" / "assets" / "demo_base"
+assert_train_error = functools.partial(assert_one_line_error, command="train",
+                                       after_warnings=True)
 
 # Two tiny steps of the demo config: 2 prompts x 8 samples, one generation batch, a reset
 # after step 1, validation on 4 held-out prompts before and after.
@@ -26,26 +28,6 @@ TINY = ["steps=2", "rl.prompts_per_step=2", "rl.mini_batch_prompts=2", "rl.max_g
         "validation.every_steps=0", "validation.num_prompts=4", "validation.n=2",
         "reference_reset.every_steps=1", "checkpoint.every_steps=1", "rewards.num_workers=1",
         "checkpoint.export_hf=false"]
-
-
-def prorl(*args, env=None, cwd=ROOT, timeout=600):
-    cmd = [sys.executable, "-m", "prorl_jax", *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def sets(overrides):
-    return [x for o in overrides for x in ("--set", o)]
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    err = proc.stderr.strip()
-    assert "Traceback" not in err
-    last = err.splitlines()[-1]
-    assert last.startswith("prorl-jax train: error:"), err
-    for f in fragments:
-        assert f in last, (f, last)
 
 
 def fake_run(path: pathlib.Path, config_text: str) -> pathlib.Path:
@@ -68,19 +50,19 @@ def fake_run(path: pathlib.Path, config_text: str) -> pathlib.Path:
 def test_resume_refuses_config(tmp_path):
     run = fake_run(tmp_path / "run", "steps: 3\n")
     proc = prorl("train", "--resume", run, "--config", "demo")
-    assert_one_line_error(proc, f"--resume {run} trains with {run / 'config.yaml'}",
+    assert_train_error(proc, f"--resume {run} trains with {run / 'config.yaml'}",
                           "--config cannot be combined")
     proc = prorl("train", "--resume", run, "--run-dir", tmp_path / "other")
-    assert_one_line_error(proc, "drop --run-dir")
+    assert_train_error(proc, "drop --run-dir")
 
 
 def test_negative_kl_coef_and_group_of_one_are_refused():
-    assert_one_line_error(prorl("train", "--set", "rl.kl_coef=-0.1", "--dry-run"),
+    assert_train_error(prorl("train", "--set", "rl.kl_coef=-0.1", "--dry-run"),
                           "rl.kl_coef must be >= 0")
     # With dynamic sampling off too: a group of one has no GRPO advantage.
     proc = prorl("train", "--set", "sampling.n=1", "--set", "rl.dynamic_sampling=false",
                  "--dry-run")
-    assert_one_line_error(proc, "sampling.n must be >= 2, got 1")
+    assert_train_error(proc, "sampling.n must be >= 2, got 1")
 
 
 def test_set_mapping_merges_into_the_section():
@@ -104,7 +86,7 @@ def test_eval_threshold_above_one_is_refused(tmp_path):
 def test_response_budget_beyond_model_positions_fails_at_start(tmp_path):
     run = tmp_path / "run"
     proc = prorl("train", "--run-dir", run, "--set", "sampling.max_new_tokens=4000")
-    assert_one_line_error(proc, "sampling.max_prompt_tokens (64) + sampling.max_new_tokens "
+    assert_train_error(proc, "sampling.max_prompt_tokens (64) + sampling.max_new_tokens "
                                 "(4000) = 4064 exceeds the model's max_position_embeddings (2048)")
     assert not run.exists()
 
@@ -114,7 +96,7 @@ def test_broken_chat_template_fails_at_start_and_leaves_no_run_dir(tmp_path):
     shutil.copytree(DEMO_BASE, model)
     (model / "chat_template.jinja").write_text("{% if messages %}never closed")
     proc = prorl("train", "--set", f"model.path={model}", cwd=tmp_path)
-    assert_one_line_error(proc, "the tokenizer's chat template cannot be rendered",
+    assert_train_error(proc, "the tokenizer's chat template cannot be rendered",
                           "data.use_chat_template=false")
     assert not (tmp_path / "runs").exists()  # the default runs/demo-<time> was never made
 
@@ -251,7 +233,7 @@ def test_steps_with_nothing_to_learn_warn_and_stop(tmp_path):
     proc = prorl("train", "--run-dir", run, *sets(TINY), "--set", "sampling.temperature=0",
                  "--set", "data.val_sources=[]", "--set", "steps=5",
                  "--set", "rl.max_empty_steps=2", "--set", "logging.progress=false")
-    assert_one_line_error(proc, "steps 1-2: every generated group got identical rewards",
+    assert_train_error(proc, "steps 1-2: every generated group got identical rewards",
                           "rl.max_empty_steps=2")
     assert "step 1: all 2 generated groups got identical rewards" in proc.stderr
     assert "step 2: all 2 generated groups got identical rewards" in proc.stderr

@@ -4,15 +4,12 @@ latest checkpoint (one line naming the step and the fallback), and `--resume RUN
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
+from cli_run import ROOT, assert_one_line_error, prorl, sets
 
 from prorl_jax.checkpoint import complete_steps
 from prorl_jax.rl.metrics_log import read_metrics
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Two tiny steps of the demo, a checkpoint after each.
 SHORT = ["steps=2", "rl.prompts_per_step=2", "rl.mini_batch_prompts=2", "rl.max_gen_batches=1",
@@ -22,20 +19,7 @@ SHORT = ["steps=2", "rl.prompts_per_step=2", "rl.mini_batch_prompts=2", "rl.max_
 
 
 def train(*args):
-    return subprocess.run([sys.executable, "-m", "prorl_jax", "train", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
-def sets(overrides):
-    return [x for o in overrides for x in ("--set", o)]
-
-
-def assert_one_line_error(proc, *parts):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
+    return prorl("train", *args)
 
 
 def fake_step(ckpt_dir: pathlib.Path, step: int, items=("params", "state", "meta")):

@@ -2,14 +2,12 @@
 
 import json
 import os
-import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_run import assert_one_line_error, prorl
 from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -131,21 +129,6 @@ def test_user_errors_exit_2_with_one_line(model_dir, tmp_path, capsys, argv, mes
 
 
 # ----------------------------------------------------------------- newcomer cases (subprocess)
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def prorl(*args):
-    return subprocess.run([sys.executable, "-m", "prorl_jax", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
-def assert_one_line_error(proc, *parts):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 def test_builtin_demo_base_and_unusable_out(tmp_path):
