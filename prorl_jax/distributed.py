@@ -516,16 +516,25 @@ def gather_rows(local, rows: slice, total: int):
     """The global [total, ...] host array from each process's rows [rows.start:rows.stop).
 
     Rows several processes hold (replicated) must agree; every process gets the same
-    result, bit for bit. Every process must call it (a collective) with equal-sized rows.
+    result, bit for bit. Every process must call it (a collective); the processes' row
+    counts may differ (e.g. `split_rows` of a total that does not divide evenly).
     """
     import numpy as np
 
     local = np.asarray(local)
+    if local.shape[0] != rows.stop - rows.start:
+        raise ValueError(f"process {process_index()} passed {local.shape[0]} rows for "
+                         f"rows {rows.start}:{rows.stop}")
     starts = host_allgather(np.asarray([rows.start, rows.stop], np.int64))
-    parts = host_allgather(local)
+    # host_allgather needs one shape everywhere: pad every part to the longest.
+    width = int((starts[:, 1] - starts[:, 0]).max())
+    padded = np.zeros((width, *local.shape[1:]), local.dtype)
+    padded[:local.shape[0]] = local
+    parts = host_allgather(padded)
     out = np.zeros((total, *local.shape[1:]), local.dtype)
     seen = np.zeros(total, bool)
     for (start, stop), part in zip(starts, parts, strict=True):
+        part = part[:stop - start]
         if seen[start:stop].any() and not np.array_equal(out[start:stop], part):
             raise ValueError(f"processes disagree on replicated rows {start}:{stop}")
         out[start:stop] = part
@@ -534,6 +543,42 @@ def gather_rows(local, rows: slice, total: int):
         raise ValueError(f"rows {np.flatnonzero(~seen).tolist()[:8]}... of {total} were "
                          "supplied by no process")
     return out
+
+
+def split_rows(total: int) -> slice:
+    """This process's contiguous share of `total` rows of host-side work (decoding texts,
+    scoring rewards): process i of P takes rows [i * total // P, (i + 1) * total // P).
+
+    The same on every process for the same `total`; one process takes all rows. Pair it
+    with `gather_rows(values, split_rows(total), total)` to give every process the result.
+    """
+    p, i = process_count(), process_index()
+    return slice(i * total // p, (i + 1) * total // p)
+
+
+def fetch(tree):
+    """Host numpy copies of a tree of (possibly non-addressable) jax arrays.
+
+    One process: `np.asarray` of each leaf. Several: leaves that span other processes'
+    devices (a batch-sharded sampler output) cannot be read locally (`np.asarray` raises,
+    the tunix #698 crash); they are all-gathered in one collective, so every process must
+    call `fetch` on the same tree, in the same order. Fully replicated and process-local
+    arrays are read without communication. Every process gets identical values.
+    """
+    import jax
+    import numpy as np
+
+    leaves, treedef = jax.tree.flatten(tree)
+    far = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)
+           and not x.is_fully_addressable and not x.is_fully_replicated]
+    out = [np.asarray(x) if i not in far else None for i, x in enumerate(leaves)]
+    if far:
+        from jax.experimental import multihost_utils
+
+        gathered = multihost_utils.process_allgather([leaves[i] for i in far], tiled=True)
+        for i, x in zip(far, gathered, strict=True):
+            out[i] = np.asarray(x)
+    return jax.tree.unflatten(treedef, out)
 
 
 def sync(name: str) -> None:

@@ -148,3 +148,30 @@ def test_missing_peer_ends_start_up_within_the_init_timeout(tmp_path, run_proces
             "127.0.0.1:") in p.stderr, explain(procs)
     assert "giving up after --init-timeout 4 s" in p.stderr
     assert p.seconds < 60 and not (tmp_path / "run").exists()
+
+
+def test_sampler_on_two_processes_equals_one_process(tmp_path, run_worker, worker, explain):
+    # generate (static and continuous engines) and sample_and_score over a data=2 x fsdp=4
+    # mesh spanning both processes: every process reads all rows (tunix #698: no process
+    # iterates an array it cannot address), scores only its own share, and gets all scores.
+    procs = run_worker("sampling", tmp_path)
+    assert [p.rc for p in procs] == [0, 0], explain(procs)
+    two = [_load(tmp_path / f"sampling.{i}.npz") for i in range(2)]
+    assert two[0]["split"].tolist() == [0, 5] and two[1]["split"].tolist() == [5, 10]
+    for engine in ("static", "continuous"):
+        assert two[0][f"scored.{engine}.mine"].tolist() == [0, 1, 2, 3, 4]
+        assert two[1][f"scored.{engine}.mine"].tolist() == [5, 6, 7, 8, 9]
+    shared = {k: v for k, v in two[0].items() if not k.endswith(("mine", "split"))}
+    _same_bits(shared, {k: two[1][k] for k in shared})  # identical on both processes
+
+    one = worker.sampling()  # 1 process x 8 devices, the same mesh shape
+    assert one["scored.static.mine"].tolist() == list(range(10))
+    for k, v in shared.items():
+        if k.endswith("logprobs"):
+            np.testing.assert_allclose(v, one[k], rtol=0, atol=1e-6, err_msg=k)
+        else:
+            assert v.dtype == one[k].dtype and v.tobytes() == one[k].tobytes(), k
+    # Not a trivial case: rows stop at different lengths, some by a stop id, some by the budget.
+    lengths, finished = one["static.lengths"], one["static.finished"]
+    assert len(set(lengths.tolist())) > 2 and finished.any() and not finished.all()
+    np.testing.assert_array_equal(one["static.tokens"], one["continuous.tokens"])
