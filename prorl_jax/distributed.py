@@ -43,7 +43,15 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 300
 
 # `prorl-jax` subcommands that run under several processes. The others refuse with one
 # line (exit 2) after start-up; see docs/distributed.md, "Status".
-MULTI_PROCESS_COMMANDS: frozenset[str] = frozenset()
+MULTI_PROCESS_COMMANDS: frozenset[str] = frozenset({"eval", "generate"})
+
+# Subcommands that run as one process by design, with the reason their refusal gives.
+SINGLE_PROCESS_COMMANDS: dict[str, str] = {
+    "convert": "it only reads and writes checkpoint files, one tensor at a time from "
+               "memory-mapped files, which one process on one host does as well as several "
+               "(no accelerator mesh is involved); launch it once, with --single-process where "
+               "a launcher sets JAX_* variables or a cluster is detected",
+}
 
 
 class DistributedError(UserError):
@@ -230,6 +238,7 @@ def initialize(launch: Launch | None) -> bool:
     if jax.distributed.is_initialized():
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _native_stdout_to_stderr()
     kwargs: dict[str, Any] = dict(
         coordinator_address=launch.coordinator, num_processes=launch.num_processes,
         process_id=launch.process_id, initialization_timeout=launch.init_timeout_s,
@@ -263,6 +272,29 @@ def initialize(launch: Launch | None) -> bool:
     finally:
         timer.cancel()
     return True
+
+
+def _native_stdout_to_stderr() -> None:
+    """Point file descriptor 1 at stderr and give Python's sys.stdout the real stdout.
+
+    gloo (the CPU collectives) prints a line on stdout from C++ for every connection, from
+    several threads at once, so its pieces land inside the command's own output (the JSONL
+    of `prorl-jax generate`, the report of `eval`). Native code writes to descriptor 1;
+    Python's print goes through sys.stdout, which keeps a duplicate of the original.
+    """
+    import sys
+
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # stdout is not a real file (captured by a test harness): leave it alone
+    if fd != 1:
+        return
+    real = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(real, "w", buffering=1, encoding=sys.stdout.encoding,
+                           errors=sys.stdout.errors)
 
 
 def start(args: argparse.Namespace) -> bool:
@@ -301,6 +333,9 @@ def run_command(args: argparse.Namespace, name: str, run, *,
     prefix = f"[process {process_index()}/{process_count()}] "
     if not (name in MULTI_PROCESS_COMMANDS if multi_process is None else multi_process):
         try:
+            if name in SINGLE_PROCESS_COMMANDS:
+                raise DistributedError(f"prorl-jax {name} runs as one process, not "
+                                       f"{process_count()}: {SINGLE_PROCESS_COMMANDS[name]}")
             require_single_process(f"prorl-jax {name}")
         except DistributedError as e:
             # Every process refuses alike: a normal exit, whose shutdown barrier lets all of
@@ -579,6 +614,22 @@ def fetch(tree):
         for i, x in zip(far, gathered, strict=True):
             out[i] = np.asarray(x)
     return jax.tree.unflatten(treedef, out)
+
+
+def sampling_mesh():
+    """The mesh `prorl-jax eval` and `generate` sample on.
+
+    One process: None (the sampler runs on one device, as it always has). Several: a
+    data-parallel mesh over every global device (rows spread over all of them; the sampler's
+    SAMPLE_RULES keep full params on each device, so the model must fit on one).
+    """
+    if process_count() == 1:
+        return None
+    import jax
+
+    from prorl_jax.sharding import make_mesh
+
+    return make_mesh(data=jax.device_count())
 
 
 def sync(name: str) -> None:
