@@ -57,6 +57,12 @@ def test_checkpoint_and_save_hf_from_two_processes(tmp_path, run_worker, worker,
     procs = run_worker("checkpoints", tmp_path)
     assert [p.rc for p in procs] == [0, 0], explain(procs)
     two = [_load(tmp_path / f"checkpoints.{i}.npz") for i in range(2)]
+    # load_hf into fsdp=8 over both processes: each process copied only the slices its 4
+    # devices hold (about half of every FSDP-sharded tensor; the small norm scales, which
+    # are replicated, in full), never whole tensors.
+    for i in range(2):
+        read, total = two[i].pop("load_bytes")
+        assert 0.45 * total < read < 0.6 * total, (i, read, total)
     _same_bits(two[0], two[1])
     assert not two[0]["addressable"]  # restored into shards spread over both processes
     cfg = worker._cfg()
@@ -93,6 +99,16 @@ def test_checkpoint_and_save_hf_from_two_processes(tmp_path, run_worker, worker,
     assert "model.safetensors" in files
     for name in files:
         assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "hf_one" / name).read_bytes()
+    # ... and transformers loads it: its logits are our forward's on the same params.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager")
+    tokens, mask = worker.global_batch()
+    with torch.no_grad():
+        theirs = model(torch.as_tensor(tokens[:2], dtype=torch.long)).logits.numpy()
+    ours = np.asarray(qwen.forward(cfg, host, tokens[:2]))
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("how", ["die", "kill"])

@@ -161,8 +161,27 @@ def checkpoints(directory: str) -> dict:
     got, got_state, meta = ckpt.restore(params_target=abstract[0], state_target=abstract[1])
     ckpt.close()
     hf.save_hf(str(root / "hf"), cfg, params)
-    # load_hf straight into the two-process mesh: each process builds only its own blocks.
-    _, loaded = hf.load_hf(str(root / "hf"), mesh=mesh, rules=TRAIN_RULES)
+    # load_hf straight into the two-process mesh: each process builds only its own blocks,
+    # each a copy of a slice viewed in the memory-mapped file. Count the bytes it copies.
+    copied = {}
+    real = jax.make_array_from_callback
+
+    def counting(shape, sharding, block):
+        param = len(copied)
+        copied[param] = {}
+
+        def wrapped(index):
+            arr = block(index)
+            copied[param][tuple((s.start, s.stop) for s in index)] = arr.nbytes
+            return arr
+        return real(shape, sharding, wrapped)
+
+    jax.make_array_from_callback = counting
+    try:
+        _, loaded = hf.load_hf(str(root / "hf"), mesh=mesh, rules=TRAIN_RULES)
+    finally:
+        jax.make_array_from_callback = real
+    out_bytes = sum(sum(blocks.values()) for blocks in copied.values())
     out = flat(to_host(got), "restored")
     out.update(flat(to_host(loaded), "loaded"))
     out["shardings_kept"] = np.asarray(all(
@@ -171,6 +190,7 @@ def checkpoints(directory: str) -> dict:
     out["step"] = np.asarray(to_host(got_state["step"]))
     out["meta"] = np.asarray(repr(sorted(meta.items())))
     out["addressable"] = np.asarray(all(x.is_fully_addressable for x in jax.tree.leaves(got)))
+    out["load_bytes"] = np.asarray([out_bytes, sum(x.nbytes for x in jax.tree.leaves(host))])
     return out
 
 
