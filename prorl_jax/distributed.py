@@ -43,7 +43,15 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 300
 
 # `prorl-jax` subcommands that run under several processes. The others refuse with one
 # line (exit 2) after start-up; see docs/distributed.md, "Status".
-MULTI_PROCESS_COMMANDS: frozenset[str] = frozenset()
+MULTI_PROCESS_COMMANDS: frozenset[str] = frozenset({"eval", "generate"})
+
+# Subcommands that run as one process by design, with the reason their refusal gives.
+SINGLE_PROCESS_COMMANDS: dict[str, str] = {
+    "convert": "it only reads and writes checkpoint files, one tensor at a time from "
+               "memory-mapped files, which one process on one host does as well as several "
+               "(no accelerator mesh is involved); launch it once, with --single-process where "
+               "a launcher sets JAX_* variables or a cluster is detected",
+}
 
 
 class DistributedError(UserError):
@@ -230,6 +238,7 @@ def initialize(launch: Launch | None) -> bool:
     if jax.distributed.is_initialized():
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _native_stdout_to_stderr()
     kwargs: dict[str, Any] = dict(
         coordinator_address=launch.coordinator, num_processes=launch.num_processes,
         process_id=launch.process_id, initialization_timeout=launch.init_timeout_s,
@@ -263,6 +272,29 @@ def initialize(launch: Launch | None) -> bool:
     finally:
         timer.cancel()
     return True
+
+
+def _native_stdout_to_stderr() -> None:
+    """Point file descriptor 1 at stderr and give Python's sys.stdout the real stdout.
+
+    gloo (the CPU collectives) prints a line on stdout from C++ for every connection, from
+    several threads at once, so its pieces land inside the command's own output (the JSONL
+    of `prorl-jax generate`, the report of `eval`). Native code writes to descriptor 1;
+    Python's print goes through sys.stdout, which keeps a duplicate of the original.
+    """
+    import sys
+
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # stdout is not a real file (captured by a test harness): leave it alone
+    if fd != 1:
+        return
+    real = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(real, "w", buffering=1, encoding=sys.stdout.encoding,
+                           errors=sys.stdout.errors)
 
 
 def start(args: argparse.Namespace) -> bool:
@@ -301,6 +333,9 @@ def run_command(args: argparse.Namespace, name: str, run, *,
     prefix = f"[process {process_index()}/{process_count()}] "
     if not (name in MULTI_PROCESS_COMMANDS if multi_process is None else multi_process):
         try:
+            if name in SINGLE_PROCESS_COMMANDS:
+                raise DistributedError(f"prorl-jax {name} runs as one process, not "
+                                       f"{process_count()}: {SINGLE_PROCESS_COMMANDS[name]}")
             require_single_process(f"prorl-jax {name}")
         except DistributedError as e:
             # Every process refuses alike: a normal exit, whose shutdown barrier lets all of
@@ -516,16 +551,25 @@ def gather_rows(local, rows: slice, total: int):
     """The global [total, ...] host array from each process's rows [rows.start:rows.stop).
 
     Rows several processes hold (replicated) must agree; every process gets the same
-    result, bit for bit. Every process must call it (a collective) with equal-sized rows.
+    result, bit for bit. Every process must call it (a collective); the processes' row
+    counts may differ (e.g. `split_rows` of a total that does not divide evenly).
     """
     import numpy as np
 
     local = np.asarray(local)
+    if local.shape[0] != rows.stop - rows.start:
+        raise ValueError(f"process {process_index()} passed {local.shape[0]} rows for "
+                         f"rows {rows.start}:{rows.stop}")
     starts = host_allgather(np.asarray([rows.start, rows.stop], np.int64))
-    parts = host_allgather(local)
+    # host_allgather needs one shape everywhere: pad every part to the longest.
+    width = int((starts[:, 1] - starts[:, 0]).max())
+    padded = np.zeros((width, *local.shape[1:]), local.dtype)
+    padded[:local.shape[0]] = local
+    parts = host_allgather(padded)
     out = np.zeros((total, *local.shape[1:]), local.dtype)
     seen = np.zeros(total, bool)
     for (start, stop), part in zip(starts, parts, strict=True):
+        part = part[:stop - start]
         if seen[start:stop].any() and not np.array_equal(out[start:stop], part):
             raise ValueError(f"processes disagree on replicated rows {start}:{stop}")
         out[start:stop] = part
@@ -534,6 +578,58 @@ def gather_rows(local, rows: slice, total: int):
         raise ValueError(f"rows {np.flatnonzero(~seen).tolist()[:8]}... of {total} were "
                          "supplied by no process")
     return out
+
+
+def split_rows(total: int) -> slice:
+    """This process's contiguous share of `total` rows of host-side work (decoding texts,
+    scoring rewards): process i of P takes rows [i * total // P, (i + 1) * total // P).
+
+    The same on every process for the same `total`; one process takes all rows. Pair it
+    with `gather_rows(values, split_rows(total), total)` to give every process the result.
+    """
+    p, i = process_count(), process_index()
+    return slice(i * total // p, (i + 1) * total // p)
+
+
+def fetch(tree):
+    """Host numpy copies of a tree of (possibly non-addressable) jax arrays.
+
+    One process: `np.asarray` of each leaf. Several: leaves that span other processes'
+    devices (a batch-sharded sampler output) cannot be read locally (`np.asarray` raises,
+    the tunix #698 crash); they are all-gathered in one collective, so every process must
+    call `fetch` on the same tree, in the same order. Fully replicated and process-local
+    arrays are read without communication. Every process gets identical values.
+    """
+    import jax
+    import numpy as np
+
+    leaves, treedef = jax.tree.flatten(tree)
+    far = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)
+           and not x.is_fully_addressable and not x.is_fully_replicated]
+    out = [np.asarray(x) if i not in far else None for i, x in enumerate(leaves)]
+    if far:
+        from jax.experimental import multihost_utils
+
+        gathered = multihost_utils.process_allgather([leaves[i] for i in far], tiled=True)
+        for i, x in zip(far, gathered, strict=True):
+            out[i] = np.asarray(x)
+    return jax.tree.unflatten(treedef, out)
+
+
+def sampling_mesh():
+    """The mesh `prorl-jax eval` and `generate` sample on.
+
+    One process: None (the sampler runs on one device, as it always has). Several: a
+    data-parallel mesh over every global device (rows spread over all of them; the sampler's
+    SAMPLE_RULES keep full params on each device, so the model must fit on one).
+    """
+    if process_count() == 1:
+        return None
+    import jax
+
+    from prorl_jax.sharding import make_mesh
+
+    return make_mesh(data=jax.device_count())
 
 
 def sync(name: str) -> None:

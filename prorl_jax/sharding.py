@@ -184,10 +184,15 @@ def shard_batch(x: Any, mesh: Mesh, rules: Rules, axes: Sequence[str | None]) ->
       axes: one logical name per dim, e.g. ("batch", "seq").
     Returns:
       a jax.Array with NamedSharding (uneven dims replicated as described above).
-    Single-process only: every process must hold the full `x`.
+    Under several processes every process must pass the same full `x` (e.g. the prompts
+    every process read); each then places only the blocks of its own devices. A batch of
+    which each process holds only its rows goes through `distributed.process_local_batch`.
     """
     x = np.asarray(x) if not isinstance(x, jax.Array) else x
-    return jax.device_put(x, NamedSharding(mesh, logical_to_spec(axes, rules, mesh, x.shape)))
+    sharding = NamedSharding(mesh, logical_to_spec(axes, rules, mesh, x.shape))
+    if isinstance(x, np.ndarray) and not sharding.is_fully_addressable:
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.device_put(x, sharding)
 
 
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(

@@ -7,6 +7,11 @@
 Per-prompt results are appended to OUT/samples/<label>.jsonl after every batch, so a rerun
 into the same directory samples only the prompts that are not there yet. The settings that
 change the samples (OUT/samples/<label>.json) must match on a rerun.
+
+Several processes (`prorl-jax eval` under jax.distributed): every process reads the same
+records and samples the same batches over one global mesh (`distributed.sampling_mesh`),
+scores its own share of each batch's rows with its own reward pool, and gets every score
+(sampling.scoring); process 0 alone writes OUT and prints.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from prorl_jax import distributed
 from prorl_jax.eval.passk import DEFAULT_THRESHOLD, EvalError, parse_ks
 from prorl_jax.eval.report import (
     boundary_lines,
@@ -303,7 +309,13 @@ def _sample_model(label: str, model_dir: str, pending: Sequence, settings: EvalS
     from prorl_jax.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
-    model_cfg, params = load_hf(model_dir)
+    mesh = distributed.sampling_mesh()
+    if mesh is None:
+        model_cfg, params = load_hf(model_dir)
+    else:
+        from prorl_jax.sharding import SAMPLE_RULES
+
+        model_cfg, params = load_hf(model_dir, mesh=mesh, rules=SAMPLE_RULES)
     # A prompt must leave room for the response in the model's positions: longer ones are
     # skipped and counted like those over max_prompt_tokens.
     prompt_limit = min(settings.max_prompt_tokens,
@@ -317,15 +329,17 @@ def _sample_model(label: str, model_dir: str, pending: Sequence, settings: EvalS
                               stop_token_ids=stop_token_ids(model_dir, tokenizer, model_cfg))
 
     def on_batch(results: list[PromptResult]) -> None:
-        record_settings()
-        append_results(samples_path, results)
+        if distributed.is_primary():  # every process holds the same results
+            record_settings()
+            append_results(samples_path, results)
 
     bar = tqdm(total=total, initial=total - len(pending), desc=label, unit="prompt",
-               file=sys.stderr, disable=not show_progress, dynamic_ncols=True)
+               file=sys.stderr, disable=not show_progress or not distributed.is_primary(),
+               dynamic_ncols=True)
     try:
         evaluate_records(model_cfg, params, pending, encode=formatter.encode,
                          decode=tokenizer_decoder(tokenizer), score=score, sampling=sampling,
-                         seed=settings.seed, batch_prompts=settings.batch_prompts,
+                         seed=settings.seed, mesh=mesh, batch_prompts=settings.batch_prompts,
                          max_batch_tokens=settings.max_batch_tokens or None,
                          engine=settings.engine, on_batch=on_batch, progress=bar)
     finally:
@@ -366,6 +380,9 @@ def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
     """
     from prorl_jax.eval.plots import plot_report
 
+    primary = distributed.is_primary()
+    if not primary:
+        log = _silent  # process 0 prints for all
     ks = parse_ks(",".join(str(k) for k in ks), n=settings.n) if ks else parse_ks("", settings.n)
     if not model_specs:
         raise EvalError("no --model given")
@@ -410,6 +427,8 @@ def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
                 _sample_model(label, model_dir, pending, settings, score, samples_path,
                               len(records), show_progress, log,
                               lambda p=settings_path, m=sample_meta: _write_settings(p, m))
+                # Process 0 wrote the samples; the others read them once it has.
+                distributed.sync(f"prorl_jax.eval samples of {label} written")
                 done = read_results(samples_path)
             else:
                 log(f"{label}: all {len(records)} prompts already sampled in {samples_path}")
@@ -421,6 +440,8 @@ def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
     report = build_report(results_by_model, ks, threshold,
                           settings={**settings.sample_key(), "data": data_spec},
                           model_paths=dict(zip(labels, model_specs)))
+    if not primary:
+        return report
     plots = plot_report(report, os.path.join(out_dir, "plots"), rel_to=out_dir)
     json_path, md_path = write_report(out_dir, report, plots)
     log("\n".join(["", "pass@k (%)", *passk_lines(report)]))
@@ -429,6 +450,10 @@ def run_evaluation(model_specs: Sequence[str], records: Sequence, out_dir: str,
     log(f"\nwrote {json_path}, {md_path} and {len(plots)} plot(s) in "
         f"{os.path.join(out_dir, 'plots')}")
     return report
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def _inline_scorer(items: list[tuple[str, str, Any]]) -> list[float]:

@@ -305,12 +305,9 @@ def save_hf(path: str, cfg: ModelConfig, params, tokenizer_dir: str | None = Non
 
 def _host_value(leaf, layer: int | None) -> np.ndarray:
     """One tensor (one layer of a stacked one) as a host array, gathered if need be."""
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-        from jax.experimental import multihost_utils
+    from prorl_jax.distributed import fetch
 
-        part = leaf if layer is None else leaf[layer]
-        return np.asarray(multihost_utils.process_allgather(part, tiled=True))
-    return np.asarray(leaf if layer is None else leaf[layer])
+    return fetch(leaf if layer is None else leaf[layer])
 
 
 def _sync(name: str) -> None:

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from prorl_jax import distributed
 from prorl_jax import sharding as shd
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
@@ -464,7 +465,6 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
         if block is None:
             return
         toks, lps, block_rows, made, retired, finished = block
-        toks, lps = np.asarray(toks), np.asarray(lps)
         for b in np.flatnonzero(made):
             out_tok[int(block_rows[b])].append(toks[b, :made[b]])
             out_lp[int(block_rows[b])].append(lps[b, :made[b]])
@@ -502,12 +502,14 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
         # While the block runs: hand out the previous block's finished rows, and collect
         # token 0 of the rows inserted before this block (ready: the block depends on it).
         yield from assemble(previous)
-        for placed, tok0, lp0 in pending_inserts:
-            tok0, lp0 = np.asarray(tok0), np.asarray(lp0)
+        firsts = distributed.fetch([(tok0, lp0) for _, tok0, lp0 in pending_inserts])
+        for (placed, _, _), (tok0, lp0) in zip(pending_inserts, firsts):
             for i, (_, r) in enumerate(placed):
                 out_tok[r].append(tok0[i:i + 1])
                 out_lp[r].append(lp0[i:i + 1])
-        step, done, finished = (np.asarray(x) for x in info[:3])  # waits for the block
+        # Waits for the block. fetch: all-gathered under several processes, each of which
+        # then takes the same scheduling decisions.
+        step, done, finished, block_toks, block_lps = distributed.fetch(info)
         made = np.where(live, step - slot_step, 0)  # tokens each slot made in the block
         block_rows = np.where(live, slot_row, -1)
         counters["slot_steps"] += slots * int(made.max(initial=0))
@@ -516,7 +518,7 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
         slot_step[live] = step[live]
         slot_row[retired] = -1
         pending_inserts = fill([int(b) for b in retired])  # dispatched now, run next
-        previous = (info[3], info[4], block_rows, made, retired, finished)
+        previous = (block_toks, block_lps, block_rows, made, retired, finished)
     yield from assemble(previous)
     if stats is not None:
         stats.update(counters)

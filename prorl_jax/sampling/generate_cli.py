@@ -5,6 +5,9 @@ field (text, or a list of {"role", "content"} messages with --chat) and optional
 Output is one JSON line per prompt with its n completions (to --out, or stdout); a single
 --prompt without --out prints the completion texts instead.
 
+Under several processes (jax.distributed) every process reads the prompts and samples over
+one global mesh (`distributed.sampling_mesh`); process 0 alone writes --out and prints.
+
 No jax import at module level: `prorl-jax --help` must stay instant.
 """
 
@@ -114,6 +117,7 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
+    from prorl_jax import distributed
     from prorl_jax.model.hf import load_hf
     from prorl_jax.sampling import SamplingParams, generate
 
@@ -127,23 +131,31 @@ def run(args) -> int:
     where = args.prompts or "--prompt"
     encoded = [_encode(tokenizer, r["prompt"], args.chat, f"{where} prompt {r['id']}")
                for r in records]
-    cfg, params = load_hf(model_dir)
+    mesh = distributed.sampling_mesh()
+    if mesh is None:
+        cfg, params = load_hf(model_dir)
+    else:
+        from prorl_jax.sharding import SAMPLE_RULES
+
+        cfg, params = load_hf(model_dir, mesh=mesh, rules=SAMPLE_RULES)
     sampling = dataclasses.replace(sampling,
                                    stop_token_ids=stop_token_ids(model_dir, tokenizer, cfg))
 
-    if args.out:
+    primary = distributed.is_primary()  # every process gets every row; one writes them
+    if args.out and primary:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    out_file = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115
-    plain = args.prompt is not None and out_file is None
+    out_file = open(args.out, "w", encoding="utf-8") if args.out and primary else None  # noqa: SIM115
+    plain = args.prompt is not None and not args.out
     try:
-        bar = tqdm(total=len(records), unit="prompt", disable=args.prompt is not None,
+        bar = tqdm(total=len(records), unit="prompt", disable=args.prompt is not None or not primary,
                    file=sys.stderr)
         for start in range(0, len(records), args.batch_size):
             batch = records[start:start + args.batch_size]
             out = generate(cfg, params, encoded[start:start + args.batch_size], sampling,
-                           seed=args.seed + start, max_batch_tokens=args.max_batch_tokens or None,
+                           seed=args.seed + start, mesh=mesh,
+                           max_batch_tokens=args.max_batch_tokens or None,
                            engine=args.engine, decode_slots=args.decode_slots)
-            for i, rec in enumerate(batch):
+            for i, rec in enumerate(batch if primary else ()):
                 rows = range(i * args.n, (i + 1) * args.n)
                 texts = [_decode(tokenizer, out.tokens[r], int(out.lengths[r]),
                                  bool(out.finished[r])) for r in rows]

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from prorl_jax import distributed
 from prorl_jax import sharding as shd
 from prorl_jax.errors import UserError
 from prorl_jax.model import qwen
@@ -284,9 +285,12 @@ def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: 
       sampling: SamplingParams.
       seed: the same seed gives the same output, whatever the chunking or mesh.
       mesh: optional Mesh ('data', 'fsdp', 'tensor'): rows over data x fsdp, heads over tensor.
+        Under several processes (one global mesh) every process calls generate with the
+        same prompts and seed; each places only its devices' blocks of the inputs.
       max_batch_tokens: KV-cache budget per chunk in token slots (None/0: one chunk).
     Returns:
-      GenerationOutput with R = P * n prompt-major rows (numpy arrays).
+      GenerationOutput with R = P * n prompt-major rows (numpy arrays); under several
+      processes every process gets all R rows, identical everywhere (`distributed.fetch`).
     Raises:
       PromptError for empty / out-of-vocabulary / too long prompts; UserError when one
       row does not fit max_batch_tokens.
@@ -336,7 +340,8 @@ def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: 
             _place(mesh, ids.astype(np.int32), ("batch",)),
             _place(mesh, real, ("batch",)),
             seed_arr, strategy, stop_ids, max_new_tokens=new, mesh=mesh)
-        results.append([np.asarray(x)[real] for x in out])
+        # fetch: the rows span every process's devices; all-gathered under several.
+        results.append([x[real] for x in distributed.fetch(out)])
     cat = [np.concatenate(parts) for parts in zip(*results)]
     return GenerationOutput(tokens=cat[0], logprobs=cat[1], lengths=cat[2], finished=cat[3])
 

@@ -6,6 +6,11 @@ text as soon as it finishes and handed to a scoring thread, which sends what has
 up to the verifiers while decoding continues; only the wait after the last row remains.
 Verifier results do not depend on when or in which batches they are asked, so the scores
 equal those of scoring everything at the end.
+
+Several processes (one global mesh): every process calls sample_and_score with the same
+prompts and gets every row (the sampler gathers them), then scores only its own share
+(`distributed.split_rows`) with its own verifiers, so verification scales with the hosts;
+the scores are gathered at the end and every process returns the same `Scored`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from prorl_jax import distributed
 from prorl_jax.sampling.settings import DEFAULT_ENGINE, DEFAULT_STEPS_PER_SYNC
 
 
@@ -107,7 +113,8 @@ def sample_and_score(model_cfg, params, prompt_ids: Sequence, sampling, *,
         -> [reward].
       stats: continuous engine only: filled as generate_stream's.
     Returns:
-      Scored.
+      Scored; under several processes identical on every process (each scored its
+      `distributed.split_rows` share: `item` and `score` see only those rows there).
     """
     from prorl_jax.sampling import engine as engine_mod
     from prorl_jax.sampling.settings import check_engine_settings
@@ -115,6 +122,7 @@ def sample_and_score(model_cfg, params, prompt_ids: Sequence, sampling, *,
     check_engine_settings(engine, decode_slots, steps_per_sync)
     score_fn = score.score if hasattr(score, "score") else score
     num_rows = len(prompt_ids) * sampling.n
+    mine = distributed.split_rows(num_rows)  # all rows in a single process
     t0 = time.perf_counter()
     texts: list = [None] * num_rows
     if engine == "static":
@@ -123,7 +131,9 @@ def sample_and_score(model_cfg, params, prompt_ids: Sequence, sampling, *,
         for r in range(num_rows):
             texts[r] = decode(completion_ids(out.tokens[r], out.lengths[r], out.finished[r]))
         t1 = time.perf_counter()
-        scores = np.asarray(score_fn([item(r, texts[r]) for r in range(num_rows)]), np.float32)
+        scores = np.zeros(num_rows, np.float32)
+        scores[mine] = np.asarray(score_fn([item(r, texts[r]) for r in range(num_rows)[mine]]),
+                                  np.float32)
     else:
         stream = engine_mod.generate_stream(
             model_cfg, params, prompt_ids, sampling, seed=seed, mesh=mesh,
@@ -135,12 +145,15 @@ def sample_and_score(model_cfg, params, prompt_ids: Sequence, sampling, *,
             for row in stream:
                 text = decode(completion_ids(row.tokens, row.length, row.finished))
                 texts[row.index] = text
-                scorer.put(row.index, item(row.index, text))
+                if mine.start <= row.index < mine.stop:
+                    scorer.put(row.index, item(row.index, text))
                 rows.append(row)
         finally:
             t1 = time.perf_counter()
             scores = scorer.finish()
         out = engine_mod.collect(rows, num_rows, sampling.max_new_tokens)
+    if distributed.process_count() > 1:
+        scores = distributed.gather_rows(scores[mine], mine, num_rows)
     t2 = time.perf_counter()
     return Scored(tokens=out.tokens, logprobs=out.logprobs, lengths=out.lengths,
                   finished=out.finished, texts=texts, scores=scores, time_rollout=t1 - t0,

@@ -143,3 +143,19 @@ def test_flags_reach_every_subcommand_including_convert_directions():
         args, _ = parser.parse_known_args(argv)
         assert args.coordinator == "h:1", argv
         assert args.init_timeout == distributed.DEFAULT_INIT_TIMEOUT_S and not args.single_process
+
+
+def test_convert_is_refused_under_several_processes_with_the_reason(monkeypatch, capsys):
+    # No launch needed: a started two-process run is simulated; the refusal exits 2.
+    monkeypatch.setattr(distributed, "start", lambda args: True)
+    monkeypatch.setattr(distributed, "process_count", lambda: 2)
+    monkeypatch.setattr(distributed, "process_index", lambda: 1)
+    ran = []
+    with pytest.raises(SystemExit) as e:
+        distributed.run_command(argparse.Namespace(), "convert", ran.append)
+    assert e.value.code == 2 and not ran
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("[process 1/2] prorl-jax convert: error: prorl-jax convert runs as one "
+                          "process, not 2: it only reads and writes checkpoint files")
+    assert "--single-process" in err and len(err.splitlines()) == 1
+    assert {"eval", "generate"} <= distributed.MULTI_PROCESS_COMMANDS

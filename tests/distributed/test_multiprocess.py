@@ -57,6 +57,12 @@ def test_checkpoint_and_save_hf_from_two_processes(tmp_path, run_worker, worker,
     procs = run_worker("checkpoints", tmp_path)
     assert [p.rc for p in procs] == [0, 0], explain(procs)
     two = [_load(tmp_path / f"checkpoints.{i}.npz") for i in range(2)]
+    # load_hf into fsdp=8 over both processes: each process copied only the slices its 4
+    # devices hold (about half of every FSDP-sharded tensor; the small norm scales, which
+    # are replicated, in full), never whole tensors.
+    for i in range(2):
+        read, total = two[i].pop("load_bytes")
+        assert 0.45 * total < read < 0.6 * total, (i, read, total)
     _same_bits(two[0], two[1])
     assert not two[0]["addressable"]  # restored into shards spread over both processes
     cfg = worker._cfg()
@@ -93,6 +99,16 @@ def test_checkpoint_and_save_hf_from_two_processes(tmp_path, run_worker, worker,
     assert "model.safetensors" in files
     for name in files:
         assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "hf_one" / name).read_bytes()
+    # ... and transformers loads it: its logits are our forward's on the same params.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager")
+    tokens, mask = worker.global_batch()
+    with torch.no_grad():
+        theirs = model(torch.as_tensor(tokens[:2], dtype=torch.long)).logits.numpy()
+    ours = np.asarray(qwen.forward(cfg, host, tokens[:2]))
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("how", ["die", "kill"])
@@ -148,3 +164,30 @@ def test_missing_peer_ends_start_up_within_the_init_timeout(tmp_path, run_proces
             "127.0.0.1:") in p.stderr, explain(procs)
     assert "giving up after --init-timeout 4 s" in p.stderr
     assert p.seconds < 60 and not (tmp_path / "run").exists()
+
+
+def test_sampler_on_two_processes_equals_one_process(tmp_path, run_worker, worker, explain):
+    # generate (static and continuous engines) and sample_and_score over a data=2 x fsdp=4
+    # mesh spanning both processes: every process reads all rows (tunix #698: no process
+    # iterates an array it cannot address), scores only its own share, and gets all scores.
+    procs = run_worker("sampling", tmp_path)
+    assert [p.rc for p in procs] == [0, 0], explain(procs)
+    two = [_load(tmp_path / f"sampling.{i}.npz") for i in range(2)]
+    assert two[0]["split"].tolist() == [0, 5] and two[1]["split"].tolist() == [5, 10]
+    for engine in ("static", "continuous"):
+        assert two[0][f"scored.{engine}.mine"].tolist() == [0, 1, 2, 3, 4]
+        assert two[1][f"scored.{engine}.mine"].tolist() == [5, 6, 7, 8, 9]
+    shared = {k: v for k, v in two[0].items() if not k.endswith(("mine", "split"))}
+    _same_bits(shared, {k: two[1][k] for k in shared})  # identical on both processes
+
+    one = worker.sampling()  # 1 process x 8 devices, the same mesh shape
+    assert one["scored.static.mine"].tolist() == list(range(10))
+    for k, v in shared.items():
+        if k.endswith("logprobs"):
+            np.testing.assert_allclose(v, one[k], rtol=0, atol=1e-6, err_msg=k)
+        else:
+            assert v.dtype == one[k].dtype and v.tobytes() == one[k].tobytes(), k
+    # Not a trivial case: rows stop at different lengths, some by a stop id, some by the budget.
+    lengths, finished = one["static.lengths"], one["static.finished"]
+    assert len(set(lengths.tolist())) > 2 and finished.any() and not finished.all()
+    np.testing.assert_array_equal(one["static.tokens"], one["continuous.tokens"])

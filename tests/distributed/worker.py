@@ -161,8 +161,27 @@ def checkpoints(directory: str) -> dict:
     got, got_state, meta = ckpt.restore(params_target=abstract[0], state_target=abstract[1])
     ckpt.close()
     hf.save_hf(str(root / "hf"), cfg, params)
-    # load_hf straight into the two-process mesh: each process builds only its own blocks.
-    _, loaded = hf.load_hf(str(root / "hf"), mesh=mesh, rules=TRAIN_RULES)
+    # load_hf straight into the two-process mesh: each process builds only its own blocks,
+    # each a copy of a slice viewed in the memory-mapped file. Count the bytes it copies.
+    copied = {}
+    real = jax.make_array_from_callback
+
+    def counting(shape, sharding, block):
+        param = len(copied)
+        copied[param] = {}
+
+        def wrapped(index):
+            arr = block(index)
+            copied[param][tuple((s.start, s.stop) for s in index)] = arr.nbytes
+            return arr
+        return real(shape, sharding, wrapped)
+
+    jax.make_array_from_callback = counting
+    try:
+        _, loaded = hf.load_hf(str(root / "hf"), mesh=mesh, rules=TRAIN_RULES)
+    finally:
+        jax.make_array_from_callback = real
+    out_bytes = sum(sum(blocks.values()) for blocks in copied.values())
     out = flat(to_host(got), "restored")
     out.update(flat(to_host(loaded), "loaded"))
     out["shardings_kept"] = np.asarray(all(
@@ -171,6 +190,56 @@ def checkpoints(directory: str) -> dict:
     out["step"] = np.asarray(to_host(got_state["step"]))
     out["meta"] = np.asarray(repr(sorted(meta.items())))
     out["addressable"] = np.asarray(all(x.is_fully_addressable for x in jax.tree.leaves(got)))
+    out["load_bytes"] = np.asarray([out_bytes, sum(x.nbytes for x in jax.tree.leaves(host))])
+    return out
+
+
+def sampling() -> dict:
+    """generate (both engines) and sample_and_score on a data=2 x fsdp=4 mesh.
+
+    The params start in the trainer's layout (TRAIN_RULES: FSDP-sharded over both
+    processes); the sampler reshards them. 5 prompts x n=2 = 10 rows: not a multiple of
+    the 8 batch shards, and more rows than the continuous engine's 8 decode slots, so
+    rows are refilled into freed slots and the tail is compacted.
+    """
+    import numpy as np
+
+    from prorl_jax import distributed
+    from prorl_jax.model import qwen
+    from prorl_jax.sampling import SamplingParams, generate
+    from prorl_jax.sampling.scoring import sample_and_score
+    from prorl_jax.sharding import TRAIN_RULES, make_mesh
+
+    cfg = _cfg()
+    mesh = make_mesh(data=2, fsdp=4)
+    params = place(host_params(cfg, seed=5), qwen.param_shardings(cfg, mesh, TRAIN_RULES))
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(1, CFG_KW["vocab_size"], k).tolist() for k in (3, 7, 1, 12, 5)]
+    # 12 stop ids of 128: rows stop after a few tokens or run to the budget.
+    params_s = SamplingParams(temperature=1.0, max_new_tokens=8, n=2,
+                              stop_token_ids=tuple(range(100, 112)))
+    out = {}
+    for engine in ("static", "continuous"):
+        kw = {"decode_slots": 8} if engine == "continuous" else {}
+        got = generate(cfg, params, prompts, params_s, seed=3, mesh=mesh, engine=engine, **kw)
+        for field in ("tokens", "logprobs", "lengths", "finished"):
+            out[f"{engine}.{field}"] = getattr(got, field)
+    seen = []
+
+    def score(items):
+        seen.extend(gt for _, _, gt in items)  # the rows this process scored
+        return [len(text) + gt / 100 for _, text, gt in items]
+
+    for engine in ("static", "continuous"):
+        seen.clear()
+        scored = sample_and_score(cfg, params, prompts, params_s, seed=3, mesh=mesh,
+                                  engine=engine, item=lambda r, text: ("x", text, r),
+                                  decode=lambda ids: " ".join(map(str, ids)), score=score)
+        out[f"scored.{engine}.tokens"] = scored.tokens
+        out[f"scored.{engine}.scores"] = scored.scores
+        out[f"scored.{engine}.texts"] = np.asarray(scored.texts)
+        out[f"scored.{engine}.mine"] = np.asarray(sorted(seen))
+    out["split"] = np.asarray([distributed.split_rows(10).start, distributed.split_rows(10).stop])
     return out
 
 
@@ -197,7 +266,8 @@ def main(argv: list[str]) -> int:
     from prorl_jax import distributed
 
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=("numerics", "checkpoints", "die", "kill", "bad"))
+    p.add_argument("scenario", choices=("numerics", "checkpoints", "sampling", "die", "kill",
+                                        "bad"))
     p.add_argument("out")
     distributed.add_arguments(p)
     args = p.parse_args(argv)
@@ -209,6 +279,8 @@ def main(argv: list[str]) -> int:
             out = numerics()
         elif args.scenario == "checkpoints":
             out = checkpoints(args.out)
+        elif args.scenario == "sampling":
+            out = sampling()
         elif args.scenario == "bad":
             from prorl_jax.errors import ConfigError
 
