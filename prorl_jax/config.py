@@ -103,6 +103,9 @@ class SamplingConfig:
 
 
 ADVANTAGES = ("grpo", "rloo", "reinforce_pp_baseline")
+# Where the old (rollout-policy) logprobs of the PPO ratio come from (docs/training.md):
+# a no-gradient forward pass of the trainer, or the sampler's own per-token logprobs.
+OLD_LOGPROBS = ("recompute", "sampler")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +138,22 @@ class RLConfig:
     # Stop after this many consecutive steps in which every generated group got identical
     # rewards (nothing to learn from: zero advantages); 0 = never stop, only warn.
     max_empty_steps: int = 5
+    # "recompute": a forward pass of the trainer gives the old logprobs (the reference);
+    # "sampler": the rollout's own logprobs are used and that pass is skipped.
+    old_logprobs: str = "recompute"
+    # Truncated importance sampling: each token's policy-gradient term is weighted by
+    # min(exp(old_logprob - sampler_logprob), tis_cap); 0 / null = off.
+    tis_cap: float | None = None
 
     def __post_init__(self):
+        if self.old_logprobs not in OLD_LOGPROBS:
+            raise ConfigError(f"rl.old_logprobs must be one of {OLD_LOGPROBS}, got "
+                              f"{self.old_logprobs!r}")
+        if self.tis_cap is not None and self.tis_cap < 0:
+            raise ConfigError(f"rl.tis_cap must be > 0 (or 0 / null = off), got {self.tis_cap}")
+        if self.tis_cap and self.old_logprobs != "recompute":
+            raise ConfigError("rl.tis_cap needs rl.old_logprobs: recompute (the weight compares "
+                              "the trainer's old logprobs with the sampler's)")
         if self.advantage not in ADVANTAGES:
             raise ConfigError(f"rl.advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
         if self.loss_agg not in AGG_MODES:

@@ -42,6 +42,14 @@ token slots that are real.
 
     python tools/bench_train.py --lengths --caps 1024,2048 --models demo,small --seqs 16
 
+`--old-logprobs`: one trainer update (train batch, old / reference logprob passes, PPO
+mini-batches) with rl.old_logprobs recompute vs sampler, side by side on the same rollout
+of a shipped config (default the demo; `--set key=value` overrides it), alternating the
+two modes; reported: median update time of each, the time saved per step, and that
+saving as a share of the whole step (a compiled rollout, timed once, included).
+
+    python tools/bench_train.py --old-logprobs --steps 5
+
 Threads: `--threads N` (default: all cores) pins the process to N cores and sets
 torch.set_num_threads(N), so both sides get the same cores (tools/bench_common.py).
 """
@@ -356,6 +364,66 @@ def lengths_main(args) -> None:
               f"{tk / ta:.2f}x |", flush=True)
 
 
+def old_logprobs_main(args) -> None:
+    import dataclasses
+
+    from prorl_jax.config import load_config, resolve_config_path
+    from prorl_jax.rl.trainer import Trainer
+
+    overrides = ["data.val_sources=[]", "logging.tensorboard=false", "logging.progress=false",
+                 "checkpoint.export_hf=false", *args.set]
+    cfg = load_config(resolve_config_path(args.config), overrides)
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, run_dir, console=lambda *a: None)
+        try:
+            for _ in range(2):  # the second rollout is timed: the first compiles
+                t0 = time.perf_counter()
+                groups, _ = trainer.worker.collect(trainer.state.params, trainer.iterator,
+                                                   lambda i: 11 + i)
+                rollout_s = time.perf_counter() - t0
+            if groups is None:
+                raise SystemExit("the rollout kept no group; pick another config or seed")
+            start = trainer.state
+            modes = ("recompute", "sampler")
+            times = {m: [] for m in modes}
+            last = {}
+            for rep in range(args.steps + 1):  # the first round compiles: untimed
+                for mode in modes:
+                    trainer.cfg = dataclasses.replace(
+                        cfg, rl=dataclasses.replace(cfg.rl, old_logprobs=mode))
+                    trainer.state = start.replace(
+                        params=jax.tree.map(jnp.copy, start.params),  # donated
+                        opt_state=jax.tree.map(jnp.copy, start.opt_state))
+                    t = time.perf_counter()
+                    last[mode] = trainer.update(groups, step=0)  # host floats: synced
+                    if rep:
+                        times[mode].append(time.perf_counter() - t)
+        finally:
+            trainer.close()
+    load1 = os.getloadavg()
+    med = {m: statistics.median(v) for m, v in times.items()}
+    saved = med["recompute"] - med["sampler"]
+    tokens = int(groups.lengths.sum())
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax "
+          f"{jax.__version__} ({jax.default_backend()}), --threads {_THREADS}; config "
+          f"{args.config} {' '.join(args.set)}; {groups.num_groups} groups x {cfg.sampling.n}, "
+          f"{tokens} response tokens, kl_coef {cfg.rl.kl_coef}, pack_sequences "
+          f"{cfg.rl.pack_sequences}; median of {args.steps} updates per mode, alternating")
+    print(f"# load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min); rollout of "
+          f"the step {rollout_s:.2f} s (compiled)")
+    print("| rl.old_logprobs | update s | saved s / step | saved / update | saved / step "
+          "(rollout + update) | logged mismatch max |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for mode in modes:
+        sv = med["recompute"] - med[mode]
+        print(f"| {mode} | {med[mode]:.3f} | {sv:.3f} | {sv / med['recompute']:.0%} | "
+              f"{sv / (rollout_s + med['recompute']):.0%} | "
+              f"{last[mode].get('logp_mismatch/max', float('nan')):.1e} |", flush=True)
+    spread = {m: f"{min(v):.3f}-{max(v):.3f}" for m, v in times.items()}
+    print(f"# update time ranges: {spread}; saved {saved:.3f} s per step")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="1x8x64x192,2x2x128x384",
@@ -371,7 +439,15 @@ def main(argv=None) -> None:
     ap.add_argument("--caps", default="1024,2048", help="--lengths: response caps")
     ap.add_argument("--models", default="demo,small", help="--lengths: demo and/or small")
     ap.add_argument("--seqs", type=int, default=16, help="--lengths: sequences per update")
+    ap.add_argument("--old-logprobs", action="store_true",
+                    help="rl.old_logprobs recompute vs sampler, one trainer update (see above)")
+    ap.add_argument("--config", default="demo", help="--old-logprobs: a shipped config")
+    ap.add_argument("--set", action="append", default=[],
+                    help="--old-logprobs: a dotted config override (repeatable)")
     args = ap.parse_args(argv)
+    if args.old_logprobs:
+        old_logprobs_main(args)
+        return
     if args.lengths:
         lengths_main(args)
         return

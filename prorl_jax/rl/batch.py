@@ -160,7 +160,8 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
 
 def pack_minibatch(prompts: list[np.ndarray], responses: list[np.ndarray], weights: np.ndarray,
                    adv: list[np.ndarray], T: int, rows_dev_max: int, shards: int,
-                   pad_id: int) -> list[dict[str, np.ndarray]]:
+                   pad_id: int, sampler_lp: list[np.ndarray] | None = None
+                   ) -> list[dict[str, np.ndarray]]:
     """Packs one mini-batch's sequences into micro-batches of [b, T] arrays.
 
     Args:
@@ -169,9 +170,11 @@ def pack_minibatch(prompts: list[np.ndarray], responses: list[np.ndarray], weigh
       adv: per sequence, float32 advantages of its response tokens ([R_s]).
       T: pack length; rows_dev_max: rows per device allowed by the token budget;
       shards: devices the batch axis spans (b is a multiple of it).
+      sampler_lp: per sequence, the sampler's logprobs of its response tokens ([R_s]), or
+        None; laid out like `adv`.
     Returns:
       micro-batches: dicts of tokens, segment_ids, targets, loss_mask [b, T] int32 and
-      weights, advantages [b, T] float32.
+      weights, advantages (and sampler_logprobs) [b, T] float32.
     """
     lengths = np.array([len(p) + len(r) for p, r in zip(prompts, responses)], np.int64)
     rows = first_fit_decreasing(lengths, T)
@@ -187,6 +190,8 @@ def pack_minibatch(prompts: list[np.ndarray], responses: list[np.ndarray], weigh
                "loss_mask": np.zeros((b, T), np.int32),
                "weights": np.zeros((b, T), np.float32),
                "advantages": np.zeros((b, T), np.float32)}
+        if sampler_lp is not None:
+            arr["sampler_logprobs"] = np.zeros((b, T), np.float32)
         for r, row in enumerate(rows[u * per_micro:(u + 1) * per_micro]):
             col = 0
             for seg, s in enumerate(row, start=1):
@@ -201,6 +206,8 @@ def pack_minibatch(prompts: list[np.ndarray], responses: list[np.ndarray], weigh
                 arr["loss_mask"][r, pred] = 1
                 arr["weights"][r, pred] = weights[s]
                 arr["advantages"][r, pred] = adv[s]
+                if sampler_lp is not None:
+                    arr["sampler_logprobs"][r, pred] = sampler_lp[s]
                 col += P + L
         out.append(arr)
     return out
@@ -267,6 +274,8 @@ def train_batch(cfg: TrainConfig, groups: Groups, order: np.ndarray, pad_id: int
         prompt_len = bucket_prompt_len(int(prompt_lens.max()), cfg.sampling.max_prompt_tokens)
         arrays = layout(groups, prompt_len, pad_id)
         arrays["advantages"] = adv
+        if groups.logprobs is not None:
+            arrays["sampler_logprobs"] = np.where(resp_mask, groups.logprobs, 0.0).astype(np.float32)
         out = []
         for mb in minibatches(arrays, order, cfg):
             mb["weight"] = micro_weights(mb["response_mask"], cfg.rl.micro_batches, agg)
@@ -287,7 +296,9 @@ def train_batch(cfg: TrainConfig, groups: Groups, order: np.ndarray, pad_id: int
         responses = [groups.tokens[i, :lengths[i]] for i in rows]
         a = [(adv[i, :lengths[i]] if adv.ndim == 2 else np.full(lengths[i], adv[i]))
              for i in rows]
-        micros = pack_minibatch(prompts, responses, w, a, T, rows_dev_max, shards, pad_id)
+        lp = (None if groups.logprobs is None
+              else [groups.logprobs[i, :lengths[i]] for i in rows])
+        micros = pack_minibatch(prompts, responses, w, a, T, rows_dev_max, shards, pad_id, lp)
         # Token-mean weight of the logged metrics (clip fractions, ratios).
         inv_tokens = np.float32(1.0 / max(int(lengths[rows].sum()), 1))
         placed = []

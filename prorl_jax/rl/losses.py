@@ -37,6 +37,7 @@ __all__ = [
     "grpo_loss",
     "group_keep_mask",
     "kl_penalty",
+    "logprob_mismatch",
     "logprobs_and_entropy_from_hidden",
     "masked_mean",
     "nontermination_penalty",
@@ -45,6 +46,7 @@ __all__ = [
     "reinforce_pp_baseline_advantages",
     "rloo_advantages",
     "token_logprobs",
+    "tis_weights",
     "token_logprobs_from_hidden",
     "token_weights",
     "weighted_grpo_loss",
@@ -308,7 +310,8 @@ def _check_clip_c(clip_c):
                           f"got {clip_c}")
 
 
-def _policy_terms(logprobs, old_logprobs, advantages, m, clip_low, clip_high, clip_c):
+def _policy_terms(logprobs, old_logprobs, advantages, m, clip_low, clip_high, clip_c,
+                  tis=None):
     """Per-token clipped surrogate [B, T] and its clip flags (see `policy_loss`)."""
     # float32 throughout: exp of a bf16 log-ratio would already be off by ~0.4%.
     logprobs = _zero_masked(logprobs, m).astype(jnp.float32)
@@ -330,11 +333,62 @@ def _policy_terms(logprobs, old_logprobs, advantages, m, clip_low, clip_high, cl
         loss_dual = -adv * clip_c
         dual = (adv < 0) & (per_token > loss_dual)
         per_token = jnp.where(adv < 0, jnp.minimum(per_token, loss_dual), per_token)
+    if tis is not None:
+        # After both clips, as verl: the weight rescales the whole per-token term.
+        per_token = per_token * jax.lax.stop_gradient(_zero_masked(tis, m).astype(jnp.float32))
     return per_token, clipped, dual, log_ratio, ratio
 
 
+def tis_weights(old_logprobs, sampler_logprobs, cap, mask=None):
+    """Truncated importance-sampling weights of the policy-gradient term.
+
+    The rollout tokens were drawn by the sampler's policy, while the PPO ratio is taken
+    against the trainer's old logprobs; where the two differ (bf16 decode vs training
+    kernels), w = min(exp(old - sampler), cap) reweights each token's term toward the
+    trainer's distribution, truncated so one token cannot dominate (Yao et al. 2025, "Your
+    efficient RL framework secretly brings you off-policy RL"; verl's tis_imp_ratio_cap).
+
+    Args:
+        old_logprobs: [B, T] the trainer's log pi_old of the sampled tokens.
+        sampler_logprobs: [B, T] the sampler's logprobs of the same tokens.
+        cap: truncation > 0.
+        mask: [B, T] valid tokens, or None; masked positions get weight 0.
+
+    Returns:
+        float32 [B, T] weights (constants: no gradient flows through them).
+    """
+    d = jnp.asarray(old_logprobs, jnp.float32) - jnp.asarray(sampler_logprobs, jnp.float32)
+    if mask is not None:
+        d = _zero_masked(d, mask)
+    w = jnp.minimum(jnp.exp(jnp.clip(d, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)), cap)
+    if mask is not None:
+        w = _zero_masked(w, mask)
+    return jax.lax.stop_gradient(w)
+
+
+def logprob_mismatch(sampler_logprobs, trainer_logprobs, mask):
+    """Partial sums of the sampler / trainer logprob mismatch over valid tokens.
+
+    d = |logp_sampler - logp_trainer| per token. Sums (not means) so parts of a batch
+    combine exactly: mean |d| = abs_sum / count, max |d| = abs_max, and NeMo-RL's
+    token_mult_prob_error = exp_sum / count (the mean of exp(|d|), 1 when they agree).
+
+    Args:
+        sampler_logprobs, trainer_logprobs: [B, T] logprobs of the same tokens.
+        mask: [B, T] valid tokens.
+
+    Returns:
+        dict of float32 scalars: abs_sum, exp_sum, abs_max (0 with no valid token), count.
+    """
+    m = _valid(mask)
+    d = jnp.abs(_zero_masked(jnp.asarray(sampler_logprobs, jnp.float32), m)
+                - _zero_masked(jnp.asarray(trainer_logprobs, jnp.float32), m))
+    return {"abs_sum": jnp.sum(d), "exp_sum": jnp.sum(jnp.where(m, jnp.exp(d), 0.0)),
+            "abs_max": jnp.max(d, initial=0.0), "count": jnp.sum(m.astype(jnp.float32))}
+
+
 def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_high=0.4,
-                clip_c=3.0, agg="token-mean"):
+                clip_c=3.0, agg="token-mean", tis=None):
     """PPO clipped surrogate with decoupled clip ("clip-higher") and dual clip.
 
     ratio r = exp(clamp(logp - old_logp, -20, 20)); per-token loss
@@ -349,6 +403,8 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_
         clip_low, clip_high: clip range [1 - clip_low, 1 + clip_high] (ProRL: 0.2, 0.4).
         clip_c: dual-clip constant > 1 (verl default 3.0); None disables the dual clip.
         agg: aggregation mode, see `aggregate`.
+        tis: [B, T] truncated importance-sampling weights (`tis_weights`) multiplying each
+            token's term l, or None.
 
     Returns:
         (loss float32 scalar, metrics dict of float32 scalars):
@@ -360,7 +416,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_
     _check_clip_c(clip_c)
     m = _valid(mask)
     per_token, clipped, dual, log_ratio, ratio = _policy_terms(
-        logprobs, old_logprobs, advantages, m, clip_low, clip_high, clip_c)
+        logprobs, old_logprobs, advantages, m, clip_low, clip_high, clip_c, tis)
     loss = aggregate(per_token, m, agg)
     sg = jax.lax.stop_gradient
     metrics = {
@@ -422,7 +478,7 @@ def kl_penalty(logprobs, ref_logprobs, kind="low_var_kl"):
 
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_low=0.2,
               clip_high=0.4, clip_c=3.0, kl_coef=1e-4, kl_kind="low_var_kl", entropy=None,
-              entropy_coef=0.0, agg="token-mean"):
+              entropy_coef=0.0, agg="token-mean", tis=None):
     """The ProRL objective: policy loss + kl_coef * KL - entropy_coef * entropy.
 
     KL and entropy are aggregated with the same `agg` mode as the policy loss (as verl).
@@ -442,6 +498,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_lo
             entropy term.
         entropy_coef: weight of the entropy bonus (subtracted from the loss).
         agg: aggregation mode, see `aggregate`.
+        tis: [B, T] truncated importance-sampling weights of the policy term, or None.
 
     Returns:
         (loss float32 scalar, metrics dict of float32 scalars): `policy_loss`'s metrics plus
@@ -450,7 +507,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_lo
     """
     m = _valid(mask)
     pg_loss, metrics = policy_loss(logprobs, old_logprobs, advantages, m, clip_low=clip_low,
-                                   clip_high=clip_high, clip_c=clip_c, agg=agg)
+                                   clip_high=clip_high, clip_c=clip_c, agg=agg, tis=tis)
     loss = pg_loss
     metrics = {"pg_loss": jax.lax.stop_gradient(pg_loss), **metrics}
     if ref_logprobs is not None:
@@ -468,7 +525,8 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_lo
 
 def weighted_grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, weights,
                        metric_weights, *, clip_low=0.2, clip_high=0.4, clip_c=3.0,
-                       kl_coef=1e-4, kl_kind="low_var_kl", entropy=None, entropy_coef=0.0):
+                       kl_coef=1e-4, kl_kind="low_var_kl", entropy=None, entropy_coef=0.0,
+                       tis=None):
     """`grpo_loss` with the aggregation given as per-token weights (packed batches).
 
     With weights from `token_weights` (normalised over a whole mini-batch) and
@@ -482,7 +540,7 @@ def weighted_grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, w
         mask: [B, T] valid (response) tokens.
         weights: float32 [B, T] aggregation weight of each token (0 off the mask).
         metric_weights: float32 scalar or [B, T]: token-mean weight of the metrics.
-        entropy: [B, T] or None; other arguments as in `grpo_loss`.
+        entropy, tis: [B, T] or None; other arguments as in `grpo_loss`.
 
     Returns:
         (loss float32 scalar, metrics dict of float32 scalars): the keys of `grpo_loss`.
@@ -492,7 +550,7 @@ def weighted_grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, w
     w = _zero_masked(weights, m).astype(jnp.float32)
     mw = _zero_masked(jnp.broadcast_to(jnp.asarray(metric_weights, jnp.float32), m.shape), m)
     per_token, clipped, dual, log_ratio, ratio = _policy_terms(
-        logprobs, old_logprobs, advantages, m, clip_low, clip_high, clip_c)
+        logprobs, old_logprobs, advantages, m, clip_low, clip_high, clip_c, tis)
     wsum = lambda x: jnp.sum(w * _zero_masked(x, m).astype(jnp.float32))  # noqa: E731
     sg = jax.lax.stop_gradient
     msum = lambda x: jnp.sum(mw * _zero_masked(sg(x), m).astype(jnp.float32))  # noqa: E731

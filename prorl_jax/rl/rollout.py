@@ -34,6 +34,8 @@ class Groups:
     texts:        G*n decoded responses
     scores:       float32 [G*n] verifier rewards
     rewards:      float32 [G*n] rewards after shaping (what advantages see)
+    logprobs:     float32 [G*n, R] the sampler's logprob of each response token (0 after
+                  `lengths`), or None where the rows did not come from the sampler
     """
 
     records: list
@@ -44,6 +46,7 @@ class Groups:
     texts: list
     scores: np.ndarray
     rewards: np.ndarray
+    logprobs: np.ndarray | None = None
 
     @property
     def num_groups(self) -> int:
@@ -56,7 +59,8 @@ class Groups:
                       prompt_ids=[self.prompt_ids[i] for i in group_idx],
                       tokens=self.tokens[rows], lengths=self.lengths[rows],
                       finished=self.finished[rows], texts=[self.texts[i] for i in rows],
-                      scores=self.scores[rows], rewards=self.rewards[rows])
+                      scores=self.scores[rows], rewards=self.rewards[rows],
+                      logprobs=None if self.logprobs is None else self.logprobs[rows])
 
     @staticmethod
     def concat(parts: list[Groups]) -> Groups:
@@ -67,7 +71,9 @@ class Groups:
                       finished=np.concatenate([p.finished for p in parts]),
                       texts=[t for p in parts for t in p.texts],
                       scores=np.concatenate([p.scores for p in parts]),
-                      rewards=np.concatenate([p.rewards for p in parts]))
+                      rewards=np.concatenate([p.rewards for p in parts]),
+                      logprobs=(None if any(p.logprobs is None for p in parts)
+                                else np.concatenate([p.logprobs for p in parts])))
 
 
 def shape_rewards(cfg: TrainConfig, scores: np.ndarray, lengths: np.ndarray,
@@ -161,7 +167,8 @@ class RolloutWorker:
         rewards = shape_rewards(self.cfg, out.scores, out.lengths, out.finished)
         groups = Groups(records=records, prompt_ids=prompt_ids, tokens=np.asarray(out.tokens),
                         lengths=np.asarray(out.lengths), finished=np.asarray(out.finished),
-                        texts=out.texts, scores=out.scores, rewards=rewards)
+                        texts=out.texts, scores=out.scores, rewards=rewards,
+                        logprobs=np.asarray(out.logprobs, np.float32))
         return groups, {"time/rollout": out.time_rollout, "time/reward": out.time_reward}
 
     def collect(self, params, iterator, seed_for_batch) -> tuple[Groups | None, dict]:

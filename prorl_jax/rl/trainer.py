@@ -34,6 +34,7 @@ from prorl_jax.config import TrainConfig, to_dict
 from prorl_jax.errors import ConfigError
 from prorl_jax.paths import resolve_model_dir
 from prorl_jax.rl import batch as batching
+from prorl_jax.rl import old_logprobs
 from prorl_jax.rl import state as state_lib
 from prorl_jax.rl.metrics_log import MetricsLogger
 from prorl_jax.rl.rollout import DynamicSamplingError, RolloutWorker
@@ -365,15 +366,19 @@ class Trainer:
         shards = 1 if self.mesh is None else cfg.mesh.data * cfg.mesh.fsdp
         tb = batching.train_batch(cfg, groups, order, self.pad_id, place=self._device,
                                   shards=shards)
-        entropy_parts = []
+        entropy_parts, mismatch = [], []
         with self._rules():
             for k, micros in enumerate(tb.minibatches):
                 for mb in micros:
-                    mb["old_logprobs"], ent = self._logprobs(self.state.params, mb, tb.prompt_len,
-                                                             with_entropy=True)
+                    if cfg.rl.old_logprobs == "recompute":
+                        mb["old_logprobs"], ent = self._logprobs(
+                            self.state.params, mb, tb.prompt_len, with_entropy=True)
+                        entropy_parts.append(self._entropy(tb, mb, ent, k))
+                    else:  # the rollout's own: no forward pass (rl/old_logprobs.py)
+                        mb["old_logprobs"] = mb["sampler_logprobs"]
                     mb["ref_logprobs"] = (self._logprobs(self.state.ref_params, mb, tb.prompt_len)
                                           if cfg.rl.kl_coef != 0 else mb["old_logprobs"])
-                    entropy_parts.append(self._entropy(tb, mb, ent, k))
+                    mismatch.append(old_logprobs.attach(cfg.rl, mb))
             train_step = self._train_step_fn(tb.prompt_len)
             params, opt_state = self.state.params, self.state.opt_state
             collected: list[dict] = []
@@ -389,8 +394,12 @@ class Trainer:
         stacked = {k: np.asarray([float(m[k]) for m in collected]) for k in collected[0]}
         out = {k: float(v.max() if combines_by_max(k) else v.mean()) for k, v in stacked.items()}
         out["skipped"] = float(stacked["skipped"].sum())
-        # The rollout policy's entropy (at the rollout temperature), same aggregation as the loss.
-        out["entropy"] = float(sum(entropy_parts))
+        out.update(old_logprobs.step_metrics(cfg.rl, [s for s in mismatch if s is not None],
+                                             collected))
+        if entropy_parts:  # recompute mode: from the old-logprob pass
+            # The rollout policy's entropy (at the rollout temperature), same aggregation
+            # as the loss.
+            out["entropy"] = float(sum(entropy_parts))
         out["tokens/packing_efficiency"] = tb.real_tokens / max(tb.slots, 1)
         self.counters.skipped_updates += int(out["skipped"])
         if out["skipped"]:

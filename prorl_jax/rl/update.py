@@ -26,6 +26,7 @@ from prorl_jax import losses
 from prorl_jax.config import RLConfig
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
+from prorl_jax.rl import old_logprobs
 
 
 def combines_by_max(name: str) -> bool:
@@ -95,7 +96,8 @@ def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTra
     batch: dict of arrays with a leading micro-batch axis M:
       tokens int32 [M, b, T], attention_mask [M, b, T], response_mask [M, b, R],
       old_logprobs / ref_logprobs float32 [M, b, R], advantages float32 [M, b],
-      weight float32 [M] (from `micro_weights`).
+      weight float32 [M] (from `micro_weights`); optionally sampler_logprobs and
+      tis_weights [M, b, R] (rl/old_logprobs.py).
     Gradients are accumulated over M in a scan (memory of one micro-batch). A non-finite
     loss or gradient leaves params and optimizer state unchanged; metrics["skipped"] = 1.
     Entropy is computed here only when it is in the loss (entropy_coef != 0); the trainer
@@ -111,7 +113,8 @@ def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTra
             logp, mb["old_logprobs"], mb["ref_logprobs"], mb["advantages"], mb["response_mask"],
             clip_low=rl.clip_low, clip_high=rl.clip_high, clip_c=rl.clip_c,
             kl_coef=rl.kl_coef, kl_kind=rl.kl_kind, entropy=ent,
-            entropy_coef=rl.entropy_coef, agg=rl.loss_agg)
+            entropy_coef=rl.entropy_coef, agg=rl.loss_agg, tis=mb.get("tis_weights"))
+        metrics.update(old_logprobs.in_step(rl, logp, mb))
         return loss * mb["weight"], metrics
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -181,7 +184,8 @@ class PackedStep:
     partial sums; `apply(params, opt_state, acc) -> (params, opt_state, metrics)` takes
     the optimizer step (a non-finite loss or gradient leaves both unchanged, skipped = 1).
     micro: tokens, segment_ids, targets, loss_mask [b, T], weights, advantages,
-    old_logprobs, ref_logprobs float32 [b, T], metric_weight float32 scalar (batch.py).
+    old_logprobs, ref_logprobs (optionally sampler_logprobs, tis_weights) float32 [b, T],
+    metric_weight float32 scalar (batch.py, rl/old_logprobs.py).
     Each program is compiled once per micro-batch shape (b, T); `step` runs a mini-batch.
     """
 
@@ -193,11 +197,13 @@ class PackedStep:
             out = packed_logprobs(cfg, params, mb["tokens"], mb["segment_ids"], mb["targets"],
                                   temperature, with_entropy=want_entropy, chunk_size=chunk_size)
             logp, ent = out if want_entropy else (out, None)
-            return losses.weighted_grpo_loss(
+            loss, metrics = losses.weighted_grpo_loss(
                 logp, mb["old_logprobs"], mb["ref_logprobs"], mb["advantages"], mb["loss_mask"],
                 mb["weights"], mb["metric_weight"], clip_low=rl.clip_low, clip_high=rl.clip_high,
                 clip_c=rl.clip_c, kl_coef=rl.kl_coef, kl_kind=rl.kl_kind, entropy=ent,
-                entropy_coef=rl.entropy_coef)
+                entropy_coef=rl.entropy_coef, tis=mb.get("tis_weights"))
+            metrics.update(old_logprobs.in_step(rl, logp, mb, mb["metric_weight"]))
+            return loss, metrics
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         self._loss_fn = loss_fn

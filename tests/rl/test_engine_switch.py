@@ -17,6 +17,7 @@ SHORT = ["steps=2", "rl.prompts_per_step=4", "rl.mini_batch_prompts=2", "rl.max_
          "validation.every_steps=0", "data.val_sources=[]", "checkpoint.every_steps=0",
          "logging.tensorboard=false", "logging.progress=false", "checkpoint.export_hf=false"]
 NONDETERMINISTIC = ("time/", "tokens_per_second")
+MISMATCH = "logp_mismatch/"
 
 
 def _run(run_dir, overrides):
@@ -36,7 +37,15 @@ def test_demo_metrics_do_not_depend_on_the_engine(tmp_path):
     continuous = _run(tmp_path / "continuous", SHORT + ["sampling.engine=continuous",
                                                         "sampling.decode_slots=8"])
     assert [r["step"] for r in static if "reward/mean" in r] == [1, 2]
-    assert continuous == static
+    # The engines' rollout logprobs agree up to float rounding (sampling/engine.py), so the
+    # logged rollout/trainer mismatch differs in its last digits; the training does not
+    # use them (rl.old_logprobs: recompute) and every other metric is identical.
+    split = lambda rows: ([{k: v for k, v in r.items() if not k.startswith(MISMATCH)}  # noqa: E731
+                           for r in rows],
+                          [v for r in rows for k, v in r.items() if k == MISMATCH + "max"])
+    (rest_c, max_c), (rest_s, max_s) = split(continuous), split(static)
+    assert rest_c == rest_s
+    assert len(max_c) == len(max_s) == 2 and max(max_c + max_s) <= 1e-5
 
 
 def _programs():
