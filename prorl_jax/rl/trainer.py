@@ -121,8 +121,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | pathlib.Path, *, resume: bool = False,
                  reset_reference: bool = False, console=print, resume_step: int | None = None):
         from prorl_jax.distributed import require_single_process
-        from prorl_jax.model import hf
-        from prorl_jax.sharding import TRAIN_RULES, make_mesh
 
         require_single_process("the Trainer")  # docs/distributed.md, "Status"
         self.cfg = cfg
@@ -145,6 +143,36 @@ class Trainer:
         # written: a failed start leaves no run directory behind, and a resumed run keeps its
         # last good config.yaml.
         self.model_dir = _model_dir(cfg)  # the checkpoint, or only the tokenizer of a random init
+        self._build_model_and_state()
+        self._build_data_and_rewards()
+        try:
+            self.worker = RolloutWorker(cfg, self.model_cfg, self.mesh, self.formatter,
+                                        self.tokenizer, self.pool, stop_token_ids=self.stop_ids)
+            self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
+                                     async_save=cfg.checkpoint.async_save)
+            self.counters = Counters()
+            self._train_steps: dict[tuple, Any] = {}
+            self._saved_step: int | None = None
+            resume_step = None
+            if resume:
+                resume_step = self._restore()
+                self._saved_step = resume_step
+            write_config(self.run_dir, cfg)
+            self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
+                                         run_config=to_dict(cfg))
+        except BaseException:
+            self.pool.close()
+            raise
+
+    # ------------------------------------------------------------------ construction
+
+    def _build_model_and_state(self) -> None:
+        """The mesh, the policy params (loaded or a random init), the optimizer and the
+        train state."""
+        from prorl_jax.model import hf
+        from prorl_jax.sharding import TRAIN_RULES, make_mesh
+
+        cfg = self.cfg
         m = cfg.mesh
         self.mesh = make_mesh(m.data, m.fsdp, m.tensor) if m.data * m.fsdp * m.tensor > 1 else None
         if cfg.model.path is not None:
@@ -163,9 +191,14 @@ class Trainer:
         self.optimizer = state_lib.make_optimizer(cfg.optim)
         self.state = state_lib.init_train_state(params, self.optimizer)
 
+    def _build_data_and_rewards(self) -> None:
+        """The tokenizer and stop ids, the chat formatter, the train / validation data and
+        the reward pool."""
         from prorl_jax import data as data_lib
         from prorl_jax import rewards
         from prorl_jax.tokenizer import load_tokenizer, stop_token_ids
+
+        cfg, model_cfg = self.cfg, self.model_cfg
 
         self.tokenizer = load_tokenizer(self.model_dir)
         if cfg.model.path is None and len(self.tokenizer) > model_cfg.vocab_size:
@@ -186,24 +219,6 @@ class Trainer:
         self.pool = rewards.RewardPool(cfg.rewards.num_workers, cfg.rewards.timeout_s,
                                        code_timeout_s=cfg.rewards.code_timeout_s,
                                        preload=_domains(cfg))
-        try:
-            self.worker = RolloutWorker(cfg, self.model_cfg, self.mesh, self.formatter,
-                                        self.tokenizer, self.pool, stop_token_ids=self.stop_ids)
-            self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
-                                     async_save=cfg.checkpoint.async_save)
-            self.counters = Counters()
-            self._train_steps: dict[tuple, Any] = {}
-            self._saved_step: int | None = None
-            resume_step = None
-            if resume:
-                resume_step = self._restore()
-                self._saved_step = resume_step
-            write_config(self.run_dir, cfg)
-            self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
-                                         run_config=to_dict(cfg))
-        except BaseException:
-            self.pool.close()
-            raise
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -359,12 +374,22 @@ class Trainer:
         reference logprobs are computed there and stay there; every epoch visits the same
         mini-batches (one permutation of the groups per step).
         """
+        tb = self._make_batch(groups, step)
+        entropy = self._old_and_ref_logprobs(tb)
+        collected = self._ppo_epochs(tb)
+        return self._collect_metrics(collected, entropy, tb, step)
+
+    def _make_batch(self, groups, step: int):
+        """The step's train batch (one permutation of the groups), placed once."""
         cfg = self.cfg
-        rng = np.random.default_rng([cfg.seed, step])
-        order = rng.permutation(groups.num_groups)
+        order = np.random.default_rng([cfg.seed, step]).permutation(groups.num_groups)
         shards = 1 if self.mesh is None else cfg.mesh.data * cfg.mesh.fsdp
-        tb = batching.train_batch(cfg, groups, order, self.pad_id, place=self._device,
-                                  shards=shards)
+        return batching.train_batch(cfg, groups, order, self.pad_id, place=self._device,
+                                    shards=shards)
+
+    def _old_and_ref_logprobs(self, tb):
+        """Fills every micro-batch's old and reference logprobs (on device); returns the
+        rollout policy's aggregated entropy (device scalar)."""
         entropy_parts = []
         with self._rules():
             for k, micros in enumerate(tb.minibatches):
@@ -372,12 +397,18 @@ class Trainer:
                     mb["old_logprobs"], ent = self._logprobs(self.state.params, mb, tb.prompt_len,
                                                              with_entropy=True)
                     mb["ref_logprobs"] = (self._logprobs(self.state.ref_params, mb, tb.prompt_len)
-                                          if cfg.rl.kl_coef != 0 else mb["old_logprobs"])
+                                          if self.cfg.rl.kl_coef != 0 else mb["old_logprobs"])
                     entropy_parts.append(self._entropy(tb, mb, ent, k))
+        return sum(entropy_parts)
+
+    def _ppo_epochs(self, tb) -> list[dict]:
+        """rl.ppo_epochs passes over the mini-batches; updates the state, returns each
+        update's metrics (device scalars)."""
+        with self._rules():
             train_step = self._train_step_fn(tb.prompt_len)
             params, opt_state = self.state.params, self.state.opt_state
             collected: list[dict] = []
-            for _ in range(cfg.rl.ppo_epochs):
+            for _ in range(self.cfg.rl.ppo_epochs):
                 for micros in tb.minibatches:
                     if tb.packed:
                         params, opt_state, m = train_step.step(params, opt_state, micros)
@@ -386,11 +417,15 @@ class Trainer:
                         params, opt_state, m = train_step(params, opt_state, mb)
                     collected.append(m)
         self.state = self.state.replace(params=params, opt_state=opt_state)
+        return collected
+
+    def _collect_metrics(self, collected: list[dict], entropy, tb, step: int) -> dict:
+        """The step's update metrics: means over the updates (maxima for "...max" keys)."""
         stacked = {k: np.asarray([float(m[k]) for m in collected]) for k in collected[0]}
         out = {k: float(v.max() if combines_by_max(k) else v.mean()) for k, v in stacked.items()}
         out["skipped"] = float(stacked["skipped"].sum())
         # The rollout policy's entropy (at the rollout temperature), same aggregation as the loss.
-        out["entropy"] = float(sum(entropy_parts))
+        out["entropy"] = float(entropy)
         out["tokens/packing_efficiency"] = tb.real_tokens / max(tb.slots, 1)
         self.counters.skipped_updates += int(out["skipped"])
         if out["skipped"]:
