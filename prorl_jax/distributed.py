@@ -43,7 +43,7 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 300
 
 # `prorl-jax` subcommands that run under several processes. The others refuse with one
 # line (exit 2) after start-up; see docs/distributed.md, "Status".
-MULTI_PROCESS_COMMANDS: frozenset[str] = frozenset()
+MULTI_PROCESS_COMMANDS: frozenset[str] = frozenset({"train"})
 
 
 class DistributedError(UserError):
@@ -493,6 +493,120 @@ def process_local_batch(local, mesh, rules, axes: Sequence[str | None],
             f"{local.shape[0]} rows")
     sharding = batch_sharding(global_shape, mesh, rules, axes)
     return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+
+def _process_block(shape: Sequence[int], sharding) -> tuple[slice, ...]:
+    """The box of a global array of `shape` that this process's devices hold, per dim.
+
+    Raises:
+      ValueError when the devices of this process hold a non-contiguous set along a dim.
+    """
+    boxes = [tuple(i.indices(n)[:2] for i, n in zip(idx, shape, strict=True))
+             for idx in sharding.addressable_devices_indices_map(tuple(shape)).values()]
+    out = []
+    for d, n in enumerate(shape):
+        spans = sorted({b[d] for b in boxes})
+        reach = spans[0][0]
+        for s, e in spans:
+            if s > reach:
+                raise ValueError(f"process {process_index()} holds non-contiguous parts "
+                                 f"{spans} of dim {d} (size {n})")
+            reach = max(reach, e)
+        out.append(slice(spans[0][0], reach))
+    return tuple(out)
+
+
+def place_global(x, mesh, rules, axes: Sequence[str | None]):
+    """A global jax.Array from a host array every process holds whole.
+
+    Each process cuts out the block its own devices hold and places only that
+    (`jax.make_array_from_process_local_data`), so no process uploads the whole batch;
+    the result is sharded like `sharding.shard_batch` would shard it. One process: the
+    block is the whole array. Use `process_local_batch` when a process holds only its rows.
+    """
+    import jax
+    import numpy as np
+
+    x = np.asarray(x)
+    sharding = batch_sharding(x.shape, mesh, rules, axes)
+    block = x[_process_block(x.shape, sharding)]
+    return jax.make_array_from_process_local_data(sharding, block, x.shape)
+
+
+def local_mesh(mesh):
+    """The part of global `mesh` on this process's devices: a mesh with the same axis
+    names, (1, local devices / tensor, tensor), for work each process does on its own.
+
+    make_mesh lays devices out process by process with `tensor` innermost, so a process
+    holds whole tensor groups and each device keeps its tensor coordinate here.
+    """
+    import jax
+    import numpy as np
+    from jax.sharding import AxisType, Mesh
+
+    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    tensor = mesh.shape["tensor"]
+    if len(mine) % tensor:
+        raise ValueError(f"process {process_index()} holds {len(mine)} devices, not whole "
+                         f"tensor groups of {tensor}")
+    grid = np.array(mine, dtype=object).reshape(1, len(mine) // tensor, tensor)
+    return Mesh(grid, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def to_local_mesh(tree, shardings, local):
+    """Arrays of global `tree`, made replicated over data x fsdp by `shardings`, as arrays
+    on this process's `local` mesh (same specs): a collective reshard, then each process
+    keeps its own device buffers. Every process must call it.
+    """
+    import jax
+    from jax.sharding import NamedSharding
+
+    tree = jax.jit(lambda t: t, out_shardings=shardings)(tree)
+
+    def one(x, s):
+        target = NamedSharding(local, s.spec)
+        bufs = {sh.device: sh.data for sh in x.addressable_shards}
+        return jax.make_array_from_single_device_arrays(
+            x.shape, target, [bufs[d] for d in target.addressable_devices_indices_map(x.shape)])
+
+    return jax.tree.map(one, tree, shardings)
+
+
+def row_share(total: int) -> slice:
+    """This process's contiguous share of `total` host rows (e.g. rollouts to score):
+    ceil(total / processes) rows each, the last ones shorter (or empty)."""
+    per = -(-total // process_count())
+    start = min(total, process_index() * per)
+    return slice(start, min(total, start + per))
+
+
+def gather_share(local, total: int):
+    """The [total, ...] host array from every process's `row_share(total)` rows, identical
+    on every process. Every process must call it (a collective)."""
+    import numpy as np
+
+    local = np.asarray(local)
+    if process_count() == 1:
+        return local
+    per = -(-total // process_count())
+    padded = np.zeros((per, *local.shape[1:]), local.dtype)
+    padded[:local.shape[0]] = local
+    return host_allgather(padded).reshape(-1, *local.shape[1:])[:total]
+
+
+def check_same(what: str, x) -> None:
+    """Raises unless every process holds the same bytes for host array `x` (a collective):
+    a guard on decisions every process computes by itself and must agree on."""
+    import numpy as np
+
+    if process_count() == 1:
+        return
+    x = np.ascontiguousarray(x)
+    everyone = host_allgather(x)
+    differ = [i for i, y in enumerate(everyone) if y.tobytes() != x.tobytes()]
+    if differ:
+        raise RuntimeError(f"processes {differ} disagree with process {process_index()} on "
+                           f"{what}: a multi-process run must compute it identically")
 
 
 # ---------------------------------------------------------------- host gathers

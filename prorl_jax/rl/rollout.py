@@ -8,12 +8,13 @@ reward pool, the verifiers). `collect` keeps generating batches of prompts until
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
-from prorl_jax import losses
+from prorl_jax import distributed, losses
 from prorl_jax.config import TrainConfig
 from prorl_jax.errors import UserError
 
@@ -82,6 +83,12 @@ def shape_rewards(cfg: TrainConfig, scores: np.ndarray, lengths: np.ndarray,
             lengths, cfg.sampling.max_new_tokens, cfg.rl.overlong_buffer,
             cfg.rl.overlong_factor), np.float32)
     return rewards
+
+
+def _no_scores(items: list) -> list[float]:
+    """The sampler's scorer under several processes: rows are scored after sampling, each
+    process its own share (RolloutWorker.sample)."""
+    return [0.0] * len(items)
 
 
 class RolloutWorker:
@@ -153,16 +160,30 @@ class RolloutWorker:
             rec = records[row // s.n]
             return rec.domain, text, rec.ground_truth
 
+        several = distributed.process_count() > 1
         out = sample_and_score(self.model_cfg, params, prompt_ids, params_s, item=item,
-                               decode=self._decode_ids, score=self.pool, seed=seed,
+                               decode=self._decode_ids,
+                               score=_no_scores if several else self.pool, seed=seed,
                                mesh=self.mesh, max_batch_tokens=s.max_batch_tokens or None,
                                engine=s.engine, decode_slots=s.decode_slots,
                                steps_per_sync=s.steps_per_sync, decode_params=decode_params)
-        rewards = shape_rewards(self.cfg, out.scores, out.lengths, out.finished)
+        scores, time_reward = out.scores, out.time_reward
+        if several:
+            # Every process holds every row (it sampled them on its own devices from the
+            # same seeds); each scores only its share in its own reward pool, so
+            # verification scales with hosts, and the gathered scores are the same bytes
+            # everywhere: advantages and dynamic sampling agree on every process.
+            t0 = time.perf_counter()
+            mine = distributed.row_share(len(out.texts))
+            local = np.asarray(self.pool.score([item(r, out.texts[r]) for r in
+                                                range(mine.start, mine.stop)]), np.float32)
+            scores = distributed.gather_share(local, len(out.texts))
+            time_reward = time.perf_counter() - t0
+        rewards = shape_rewards(self.cfg, scores, out.lengths, out.finished)
         groups = Groups(records=records, prompt_ids=prompt_ids, tokens=np.asarray(out.tokens),
                         lengths=np.asarray(out.lengths), finished=np.asarray(out.finished),
-                        texts=out.texts, scores=out.scores, rewards=rewards)
-        return groups, {"time/rollout": out.time_rollout, "time/reward": out.time_reward}
+                        texts=out.texts, scores=scores, rewards=rewards)
+        return groups, {"time/rollout": out.time_rollout, "time/reward": time_reward}
 
     def collect(self, params, iterator, seed_for_batch) -> tuple[Groups | None, dict]:
         """Dynamic sampling: returns up to prompts_per_step informative groups and metrics.
@@ -187,6 +208,8 @@ class RolloutWorker:
             all_parts.append(groups)
             if rl.dynamic_sampling:
                 keep = np.asarray(losses.group_keep_mask(groups.rewards, n))
+                # Every process must train on the same groups: checked, not assumed.
+                distributed.check_same("the dynamic-sampling keep mask", keep)
             else:
                 keep = np.ones(groups.num_groups, bool)
             idx = np.flatnonzero(keep)[: target - kept_count]

@@ -120,12 +120,15 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: str | pathlib.Path, *, resume: bool = False,
                  reset_reference: bool = False, console=print, resume_step: int | None = None):
-        from prorl_jax.distributed import require_single_process
+        from prorl_jax import distributed
 
-        require_single_process("the Trainer")  # docs/distributed.md, "Status"
         self.cfg = cfg
         self.run_dir = pathlib.Path(run_dir)
-        self.console = console
+        # Several processes (docs/distributed.md): process 0 alone prints, logs metrics and
+        # writes config.yaml / summary.json; every process takes part in every collective
+        # (checkpoints, the HF export, gathers).
+        self.primary = distributed.is_primary()
+        self.console = console if self.primary else _quiet
         self.manual_reset = reset_reference
         self._closed = False
         self.resume_step = resume_step  # None: the latest complete checkpoint
@@ -146,7 +149,7 @@ class Trainer:
         self._build_model_and_state()
         self._build_data_and_rewards()
         try:
-            self.worker = RolloutWorker(cfg, self.model_cfg, self.mesh, self.formatter,
+            self.worker = RolloutWorker(cfg, self.model_cfg, self.sample_mesh, self.formatter,
                                         self.tokenizer, self.pool, stop_token_ids=self.stop_ids)
             self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
                                      async_save=cfg.checkpoint.async_save)
@@ -157,9 +160,12 @@ class Trainer:
             if resume:
                 resume_step = self._restore()
                 self._saved_step = resume_step
-            write_config(self.run_dir, cfg)
-            self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
-                                         run_config=to_dict(cfg))
+            if self.primary:
+                write_config(self.run_dir, cfg)
+                self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
+                                             run_config=to_dict(cfg))
+            else:
+                self.metrics = _NoMetrics()
         except BaseException:
             self.pool.close()
             raise
@@ -169,12 +175,18 @@ class Trainer:
     def _build_model_and_state(self) -> None:
         """The mesh, the policy params (loaded or a random init), the optimizer and the
         train state."""
+        from prorl_jax import distributed
         from prorl_jax.model import hf
         from prorl_jax.sharding import TRAIN_RULES, make_mesh
 
         cfg = self.cfg
         m = cfg.mesh
         self.mesh = make_mesh(m.data, m.fsdp, m.tensor) if m.data * m.fsdp * m.tensor > 1 else None
+        # Rollouts and validation run on each process's own devices (the sampler reads its
+        # outputs back to the host, which needs fully addressable arrays: tunix #698); with
+        # one process that is the training mesh itself.
+        self.sample_mesh = (distributed.local_mesh(self.mesh) if distributed.process_count() > 1
+                            else self.mesh)
         if cfg.model.path is not None:
             # Under a mesh every tensor is read straight into its training sharding.
             model_cfg, params = hf.load_hf(self.model_dir, dtype=cfg.model.param_dtype,
@@ -307,23 +319,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _rules(self):
-        """Training sharding rules for activations while tracing (no-op without a mesh)."""
-        if self.mesh is None:
-            return contextlib.nullcontext()
-        from prorl_jax.sharding import TRAIN_RULES, use_rules
-
-        return use_rules(self.mesh, TRAIN_RULES)
-
     def _device(self, x: np.ndarray, batch_axis: int = 0):
-        """Host array -> device, batch dim over ('data', 'fsdp') under a mesh."""
+        """Host array -> device, batch dim over ('data', 'fsdp') under a mesh. Every process
+        holds the whole host batch and places only the shards of its own devices."""
         if self.mesh is None:
             return jnp.asarray(x)
-        from prorl_jax.sharding import TRAIN_RULES, shard_batch
+        from prorl_jax.distributed import place_global
+        from prorl_jax.sharding import TRAIN_RULES
 
         axes = [None] * x.ndim
         axes[batch_axis] = "batch"
-        return shard_batch(x, self.mesh, TRAIN_RULES, axes)
+        return place_global(x, self.mesh, TRAIN_RULES, axes)
+
+    def _rollout_params(self):
+        """The policy params the sampler reads: the train state's own with one process;
+        with several, a copy on this process's `sample_mesh` in the sampling layout."""
+        if self.sample_mesh is self.mesh:
+            return self.state.params
+        from prorl_jax import sharding
+        from prorl_jax.distributed import to_local_mesh
+        from prorl_jax.model import qwen
+
+        shardings = sharding.shardings_for(qwen.param_axes(self.model_cfg), self.mesh,
+                                           sharding.SAMPLE_RULES, shapes=self.state.params)
+        return to_local_mesh(self.state.params, shardings, self.sample_mesh)
 
     def _train_step_fn(self, prompt_len: int | None):
         """The jitted update: PackedStep (prompt_len None) or the padded scan step."""
@@ -332,10 +351,11 @@ class Trainer:
         if fn is None:
             if prompt_len is None:
                 fn = PackedStep(self.model_cfg, self.cfg.rl, self.optimizer,
-                                temperature=self._temperature)
+                                temperature=self._temperature, mesh=self.mesh)
             else:
                 fn = make_train_step(self.model_cfg, self.cfg.rl, self.optimizer,
-                                     prompt_len=prompt_len, temperature=self._temperature)
+                                     prompt_len=prompt_len, temperature=self._temperature,
+                                     mesh=self.mesh)
             self._train_steps[key] = fn
         return fn
 
@@ -347,7 +367,7 @@ class Trainer:
     def _logprobs(self, params, mb: dict, prompt_len: int | None, with_entropy: bool = False):
         """Logprobs (and entropies) of one mini-batch's micro-batch(es), kept on device:
         [b, T] for a packed micro-batch, [M, b, R] for a padded mini-batch."""
-        kw = dict(temperature=self._temperature, with_entropy=with_entropy)
+        kw = dict(temperature=self._temperature, with_entropy=with_entropy, mesh=self.mesh)
         if prompt_len is None:
             return batch_packed_logprobs(self.model_cfg, params, mb["tokens"], mb["segment_ids"],
                                          mb["targets"], **kw)
@@ -391,31 +411,29 @@ class Trainer:
         """Fills every micro-batch's old and reference logprobs (on device); returns the
         rollout policy's aggregated entropy (device scalar)."""
         entropy_parts = []
-        with self._rules():
-            for k, micros in enumerate(tb.minibatches):
-                for mb in micros:
-                    mb["old_logprobs"], ent = self._logprobs(self.state.params, mb, tb.prompt_len,
-                                                             with_entropy=True)
-                    mb["ref_logprobs"] = (self._logprobs(self.state.ref_params, mb, tb.prompt_len)
-                                          if self.cfg.rl.kl_coef != 0 else mb["old_logprobs"])
-                    entropy_parts.append(self._entropy(tb, mb, ent, k))
+        for k, micros in enumerate(tb.minibatches):
+            for mb in micros:
+                mb["old_logprobs"], ent = self._logprobs(self.state.params, mb, tb.prompt_len,
+                                                         with_entropy=True)
+                mb["ref_logprobs"] = (self._logprobs(self.state.ref_params, mb, tb.prompt_len)
+                                      if self.cfg.rl.kl_coef != 0 else mb["old_logprobs"])
+                entropy_parts.append(self._entropy(tb, mb, ent, k))
         return sum(entropy_parts)
 
     def _ppo_epochs(self, tb) -> list[dict]:
         """rl.ppo_epochs passes over the mini-batches; updates the state, returns each
         update's metrics (device scalars)."""
-        with self._rules():
-            train_step = self._train_step_fn(tb.prompt_len)
-            params, opt_state = self.state.params, self.state.opt_state
-            collected: list[dict] = []
-            for _ in range(self.cfg.rl.ppo_epochs):
-                for micros in tb.minibatches:
-                    if tb.packed:
-                        params, opt_state, m = train_step.step(params, opt_state, micros)
-                    else:
-                        mb = dict(micros[0], weight=jnp.asarray(micros[0]["weight"]))
-                        params, opt_state, m = train_step(params, opt_state, mb)
-                    collected.append(m)
+        train_step = self._train_step_fn(tb.prompt_len)
+        params, opt_state = self.state.params, self.state.opt_state
+        collected: list[dict] = []
+        for _ in range(self.cfg.rl.ppo_epochs):
+            for micros in tb.minibatches:
+                if tb.packed:
+                    params, opt_state, m = train_step.step(params, opt_state, micros)
+                else:
+                    mb = dict(micros[0], weight=jnp.asarray(micros[0]["weight"]))
+                    params, opt_state, m = train_step(params, opt_state, mb)
+                collected.append(m)
         self.state = self.state.replace(params=params, opt_state=opt_state)
         return collected
 
@@ -441,10 +459,12 @@ class Trainer:
         from prorl_jax.eval.runner import validate_records
 
         v = self.cfg.validation
-        return validate_records(self.model_cfg, self.state.params, self.formatter, self.tokenizer,
+        return validate_records(self.model_cfg, self._rollout_params(), self.formatter,
+                                self.tokenizer,
                                 self.val_records, self.pool, n=v.n, temperature=v.temperature,
                                 top_p=v.top_p, max_new_tokens=v.max_new_tokens,
-                                stop_token_ids=self.stop_ids, seed=self.cfg.seed, mesh=self.mesh,
+                                stop_token_ids=self.stop_ids, seed=self.cfg.seed,
+                                mesh=self.sample_mesh,
                                 max_batch_tokens=self.cfg.sampling.max_batch_tokens or None,
                                 engine=self.cfg.sampling.engine,
                                 decode_slots=self.cfg.sampling.decode_slots,
@@ -485,7 +505,7 @@ class Trainer:
             self.counters.val_before = previous["val_before"]  # run from before the counter
         if self.counters.val_before is not None:
             summary["val_before"] = self.counters.val_before
-        progress = _progress(cfg, start)
+        progress = _progress(cfg, start, enabled=self.primary)
         stop = _StopFlag(on_force_exit=self.pool.kill)
         last: dict = {}
         # Log lines (resets, warnings) go above the progress bar instead of through it.
@@ -528,14 +548,15 @@ class Trainer:
         summary["steps"] = int(self.state.step)
         summary["resets"] = list(self.counters.resets)
         summary["empty_steps"] = int(self.counters.empty_steps)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.primary:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.close()
         return summary
 
     def _one_step(self, step: int) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        groups, m = self.worker.collect(self.state.params, self.iterator,
+        groups, m = self.worker.collect(self._rollout_params(), self.iterator,
                                         lambda i: seed_for(cfg.seed, step, i))
         t1 = time.perf_counter()
         self._count_empty(step + 1, m)
@@ -638,8 +659,22 @@ def _domains(cfg: TrainConfig) -> tuple[str, ...]:
     return DOMAINS if unknown_mix or not named else tuple(sorted(named))
 
 
-def _progress(cfg: TrainConfig, start: int):
+def _progress(cfg: TrainConfig, start: int, enabled: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(total=cfg.steps, initial=start, desc="ProRL", unit="step",
-                disable=not cfg.logging.progress, dynamic_ncols=True)
+                disable=not (cfg.logging.progress and enabled), dynamic_ncols=True)
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The console of processes other than 0: they print nothing (docs/distributed.md)."""
+
+
+class _NoMetrics:
+    """The metrics logger of processes other than 0: process 0 alone writes metrics."""
+
+    def write(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -123,16 +123,23 @@ def test_bad_input_on_every_process_is_one_line_and_exit_2_each(tmp_path, run_wo
         assert "Traceback" not in p.stderr
 
 
-def test_cli_starts_two_processes_and_refuses_train_clearly(tmp_path, run_processes, explain):
-    procs = run_processes(["-m", "prorl_jax", "train", "--run-dir", str(tmp_path / "run")],
-                          timeout=150)
+def test_cli_starts_two_processes_and_refuses_a_command_not_ready(tmp_path, run_processes,
+                                                                  explain):
+    from prorl_jax.distributed import MULTI_PROCESS_COMMANDS
+
+    if "generate" in MULTI_PROCESS_COMMANDS:
+        pytest.skip("generate runs under several processes: nothing left to refuse with it")
+    out = tmp_path / "out.jsonl"
+    procs = run_processes(["-m", "prorl_jax", "generate", "--model", "builtin:demo_base",
+                           "--prompt", "1+1=", "--out", str(out)], timeout=150)
     assert [p.rc for p in procs] == [2, 2], explain(procs)
     for i, p in enumerate(procs):
-        lines = [ln for ln in p.stderr.splitlines() if "prorl-jax train: error:" in ln]
-        assert lines == [f"[process {i}/2] prorl-jax train: error: prorl-jax train does not run "
-                         "under multiple processes yet (2 processes, 8 devices started); run "
-                         "it as one process (see docs/distributed.md, 'Status')"], explain(procs)
-    assert not (tmp_path / "run").exists()  # refused before anything was written
+        lines = [ln for ln in p.stderr.splitlines() if "prorl-jax generate: error:" in ln]
+        assert lines == [f"[process {i}/2] prorl-jax generate: error: prorl-jax generate does "
+                         "not run under multiple processes yet (2 processes, 8 devices "
+                         "started); run it as one process (see docs/distributed.md, "
+                         "'Status')"], explain(procs)
+    assert not out.exists()  # refused before anything was written
 
 
 def test_missing_peer_ends_start_up_within_the_init_timeout(tmp_path, run_processes, explain):
