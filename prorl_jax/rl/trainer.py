@@ -263,9 +263,8 @@ class Trainer:
         # TrainState no longer has: read it along, then drop it.
         for key, md in self.ckpt.saved_state(step).items():
             if key in LEGACY_STATE_KEYS:
-                rest_t[key] = jax.ShapeDtypeStruct(
-                    md.shape, md.dtype,
-                    sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+                rest_t[key] = jax.ShapeDtypeStruct(md.shape, md.dtype,
+                                                   sharding=rest_t["step"].sharding)
         params, rest, meta = self.ckpt.restore(step, params_target=abstract(params_t),
                                                state_target=rest_t)
         self.state = state_lib.TrainState(step=rest["step"], params=params,

@@ -128,7 +128,22 @@ def numerics() -> dict:
         out[f"uneven{n}"] = to_host(placed)
         out[f"uneven{n}_gathered"] = distributed.gather_rows(x[r], r, n)
         out[f"uneven{n}_rows"] = np.asarray([r.start, r.stop])
+    # Host work split per process (the trainer's reward scoring): 9 rows -> 5 + 4,
+    # gathered back whole on every process.
+    share = distributed.row_share(BATCH + 1)
+    out["share_rows"] = np.asarray([share.start, share.stop])
+    out["shared"] = distributed.gather_share(np.arange(BATCH + 1.0)[share], BATCH + 1)
+    # A host batch every process holds whole, placed per process, batch on axis 1.
+    x = np.arange(2 * BATCH * 3, dtype=np.int32).reshape(2, BATCH, 3)
+    out["placed_axis1"] = to_host(distributed.place_global(x, mesh, TRAIN_RULES,
+                                                           (None, "batch", None)))
+    distributed.check_same("the keep mask", out["keep"])  # the same everywhere: passes
     if distributed.process_count() > 1:
+        try:
+            distributed.check_same("a per-process value",
+                                   np.asarray([distributed.process_index()]))
+        except RuntimeError as e:
+            out["disagree_error"] = np.asarray(str(e))
         try:
             make_mesh(data=1, fsdp=4)
         except Exception as e:  # noqa: BLE001
