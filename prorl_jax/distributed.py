@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import warnings
@@ -561,7 +562,8 @@ def to_local_mesh(tree, shardings, local):
     import jax
     from jax.sharding import NamedSharding
 
-    tree = jax.jit(lambda t: t, out_shardings=shardings)(tree)
+    leaves, treedef = jax.tree.flatten(shardings)
+    tree = _resharder(treedef, tuple(leaves))(tree)
 
     def one(x, s):
         target = NamedSharding(local, s.spec)
@@ -570,6 +572,14 @@ def to_local_mesh(tree, shardings, local):
             x.shape, target, [bufs[d] for d in target.addressable_devices_indices_map(x.shape)])
 
     return jax.tree.map(one, tree, shardings)
+
+
+@functools.lru_cache(maxsize=8)
+def _resharder(treedef, shardings: tuple):
+    """One jitted identity per target layout (compiled once, reused every step)."""
+    import jax
+
+    return jax.jit(lambda t: t, out_shardings=treedef.unflatten(list(shardings)))
 
 
 def row_share(total: int) -> slice:
