@@ -611,9 +611,10 @@ def check_same(what: str, x) -> None:
 
     if process_count() == 1:
         return
-    x = np.ascontiguousarray(x)
-    everyone = host_allgather(x)
-    differ = [i for i, y in enumerate(everyone) if y.tobytes() != x.tobytes()]
+    # Gathered as raw bytes: jax would turn 64-bit values into 32-bit ones on the way.
+    raw = np.frombuffer(np.ascontiguousarray(x).tobytes(), np.uint8)
+    everyone = host_allgather(raw)
+    differ = [i for i, y in enumerate(everyone) if not np.array_equal(y, raw)]
     if differ:
         raise RuntimeError(f"processes {differ} disagree with process {process_index()} on "
                            f"{what}: a multi-process run must compute it identically")
