@@ -43,7 +43,7 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 300
 
 # `prorl-jax` subcommands that run under several processes. The others refuse with one
 # line (exit 2) after start-up; see docs/distributed.md, "Status".
-MULTI_PROCESS_COMMANDS: frozenset[str] = frozenset({"eval", "generate"})
+MULTI_PROCESS_COMMANDS: frozenset[str] = frozenset({"eval", "generate", "train"})
 
 # Subcommands that run as one process by design, with the reason their refusal gives.
 SINGLE_PROCESS_COMMANDS: dict[str, str] = {
@@ -528,6 +528,22 @@ def process_local_batch(local, mesh, rules, axes: Sequence[str | None],
             f"{local.shape[0]} rows")
     sharding = batch_sharding(global_shape, mesh, rules, axes)
     return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+
+def check_same(what: str, x) -> None:
+    """Raises unless every process holds the same bytes for host array `x` (a collective):
+    a guard on decisions every process computes by itself and must agree on."""
+    import numpy as np
+
+    if process_count() == 1:
+        return
+    # Gathered as raw bytes: jax would turn 64-bit values into 32-bit ones on the way.
+    raw = np.frombuffer(np.ascontiguousarray(x).tobytes(), np.uint8)
+    everyone = host_allgather(raw)
+    differ = [i for i, y in enumerate(everyone) if not np.array_equal(y, raw)]
+    if differ:
+        raise RuntimeError(f"processes {differ} disagree with process {process_index()} on "
+                           f"{what}: a multi-process run must compute it identically")
 
 
 # ---------------------------------------------------------------- host gathers

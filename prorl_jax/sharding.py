@@ -209,6 +209,12 @@ def use_rules(mesh: Mesh, rules: Rules):
         _ACTIVE.reset(token)
 
 
+def rules_for(mesh: Mesh | None, rules: Rules):
+    """`use_rules(mesh, rules)`, or nothing without a mesh: jitted entry points that take
+    their mesh as an argument enter it while tracing, so no caller sets an ambient context."""
+    return contextlib.nullcontext() if mesh is None else use_rules(mesh, rules)
+
+
 def active_rules() -> tuple[Mesh, Rules] | None:
     """The (mesh, rules) set by the innermost `use_rules`, or None."""
     return _ACTIVE.get()

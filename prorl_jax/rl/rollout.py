@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from prorl_jax import losses
+from prorl_jax import distributed, losses
 from prorl_jax.config import TrainConfig
 from prorl_jax.errors import UserError
 
@@ -159,6 +159,10 @@ class RolloutWorker:
             rec = records[row // s.n]
             return rec.domain, text, rec.ground_truth
 
+        # Several processes: every process gets every row and scores only its share with
+        # its own reward pool (sample_and_score), so verification scales with hosts; the
+        # gathered scores are the same bytes everywhere, so advantages and dynamic sampling
+        # agree on every process.
         out = sample_and_score(self.model_cfg, params, prompt_ids, params_s, item=item,
                                decode=self._decode_ids, score=self.pool, seed=seed,
                                mesh=self.mesh, max_batch_tokens=s.max_batch_tokens or None,
@@ -194,6 +198,8 @@ class RolloutWorker:
             all_parts.append(groups)
             if rl.dynamic_sampling:
                 keep = np.asarray(losses.group_keep_mask(groups.rewards, n))
+                # Every process must train on the same groups: checked, not assumed.
+                distributed.check_same("the dynamic-sampling keep mask", keep)
             else:
                 keep = np.ones(groups.num_groups, bool)
             idx = np.flatnonzero(keep)[: target - kept_count]

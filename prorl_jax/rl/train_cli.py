@@ -31,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from prorl_jax.errors import ConfigError
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("prorl_jax").setLevel(logging.INFO)
+    from prorl_jax import distributed
+
+    if distributed.is_primary():  # the others log warnings only (distributed.setup_logging)
+        logging.getLogger("prorl_jax").setLevel(logging.INFO)
     if args.reset_reference and not args.resume:
         raise ConfigError("--reset-reference needs --resume RUN_DIR")
     if args.step is not None and not args.resume:
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from prorl_jax.rl.plan import format_plan, memory_plan
 
-        print(format_plan(cfg, memory_plan(cfg), path))
+        distributed.console(format_plan(cfg, memory_plan(cfg), path))
         return 0
 
     if args.resume:
@@ -79,15 +82,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             trainer = Trainer(cfg, run_dir, resume=bool(args.resume),
-                              reset_reference=args.reset_reference, resume_step=args.step)
+                              reset_reference=args.reset_reference, resume_step=args.step,
+                              console=distributed.console)
         except DamagedCheckpointError as e:
             raise _with_fallback(e, run_dir) from None
         summary = trainer.run()
     except BaseException:
-        if not existed:
+        if not existed and distributed.is_primary():
             _discard_failed_start(run_dir)
         raise
-    print(format_summary(summary))
+    distributed.console(format_summary(summary))
     return int(summary.get("exit_code", 0))
 
 

@@ -121,14 +121,15 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: str | pathlib.Path, *, resume: bool = False,
                  reset_reference: bool = False, console=print, resume_step: int | None = None):
-        from prorl_jax.distributed import require_single_process
-        from prorl_jax.model import hf
-        from prorl_jax.sharding import TRAIN_RULES, make_mesh
+        from prorl_jax import distributed
 
-        require_single_process("the Trainer")  # docs/distributed.md, "Status"
         self.cfg = cfg
         self.run_dir = pathlib.Path(run_dir)
-        self.console = console
+        # Several processes (docs/distributed.md): process 0 alone prints, logs metrics and
+        # writes config.yaml / summary.json; every process takes part in every collective
+        # (checkpoints, the HF export, gathers).
+        self.primary = distributed.is_primary()
+        self.console = console if self.primary else _quiet
         self.manual_reset = reset_reference
         self._closed = False
         self.resume_step = resume_step  # None: the latest complete checkpoint
@@ -146,6 +147,39 @@ class Trainer:
         # written: a failed start leaves no run directory behind, and a resumed run keeps its
         # last good config.yaml.
         self.model_dir = _model_dir(cfg)  # the checkpoint, or only the tokenizer of a random init
+        self._build_model_and_state()
+        self._build_data_and_rewards()
+        try:
+            self.worker = RolloutWorker(cfg, self.model_cfg, self.mesh, self.formatter,
+                                        self.tokenizer, self.pool, stop_token_ids=self.stop_ids)
+            self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
+                                     async_save=cfg.checkpoint.async_save)
+            self.counters = Counters()
+            self._train_steps: dict[tuple, Any] = {}
+            self._saved_step: int | None = None
+            resume_step = None
+            if resume:
+                resume_step = self._restore()
+                self._saved_step = resume_step
+            if self.primary:
+                write_config(self.run_dir, cfg)
+                self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
+                                             run_config=to_dict(cfg))
+            else:
+                self.metrics = _NoMetrics()
+        except BaseException:
+            self.pool.close()
+            raise
+
+    # ------------------------------------------------------------------ construction
+
+    def _build_model_and_state(self) -> None:
+        """The mesh, the policy params (loaded or a random init), the optimizer and the
+        train state."""
+        from prorl_jax.model import hf
+        from prorl_jax.sharding import TRAIN_RULES, make_mesh
+
+        cfg = self.cfg
         m = cfg.mesh
         self.mesh = make_mesh(m.data, m.fsdp, m.tensor) if m.data * m.fsdp * m.tensor > 1 else None
         if cfg.model.path is not None:
@@ -164,9 +198,14 @@ class Trainer:
         self.optimizer = state_lib.make_optimizer(cfg.optim)
         self.state = state_lib.init_train_state(params, self.optimizer)
 
+    def _build_data_and_rewards(self) -> None:
+        """The tokenizer and stop ids, the chat formatter, the train / validation data and
+        the reward pool."""
         from prorl_jax import data as data_lib
         from prorl_jax import rewards
         from prorl_jax.tokenizer import load_tokenizer, stop_token_ids
+
+        cfg, model_cfg = self.cfg, self.model_cfg
 
         self.tokenizer = load_tokenizer(self.model_dir)
         if cfg.model.path is None and len(self.tokenizer) > model_cfg.vocab_size:
@@ -187,24 +226,6 @@ class Trainer:
         self.pool = rewards.RewardPool(cfg.rewards.num_workers, cfg.rewards.timeout_s,
                                        code_timeout_s=cfg.rewards.code_timeout_s,
                                        preload=_domains(cfg))
-        try:
-            self.worker = RolloutWorker(cfg, self.model_cfg, self.mesh, self.formatter,
-                                        self.tokenizer, self.pool, stop_token_ids=self.stop_ids)
-            self.ckpt = Checkpointer(ckpt_dir, keep_last=cfg.checkpoint.keep_last,
-                                     async_save=cfg.checkpoint.async_save)
-            self.counters = Counters()
-            self._train_steps: dict[tuple, Any] = {}
-            self._saved_step: int | None = None
-            resume_step = None
-            if resume:
-                resume_step = self._restore()
-                self._saved_step = resume_step
-            write_config(self.run_dir, cfg)
-            self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
-                                         run_config=to_dict(cfg))
-        except BaseException:
-            self.pool.close()
-            raise
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -237,9 +258,8 @@ class Trainer:
         # TrainState no longer has: read it along, then drop it.
         for key, md in self.ckpt.saved_state(step).items():
             if key in LEGACY_STATE_KEYS:
-                rest_t[key] = jax.ShapeDtypeStruct(
-                    md.shape, md.dtype,
-                    sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+                rest_t[key] = jax.ShapeDtypeStruct(md.shape, md.dtype,
+                                                   sharding=rest_t["step"].sharding)
         params, rest, meta = self.ckpt.restore(step, params_target=abstract(params_t),
                                                state_target=rest_t)
         self.state = state_lib.TrainState(step=rest["step"], params=params,
@@ -293,16 +313,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _rules(self):
-        """Training sharding rules for activations while tracing (no-op without a mesh)."""
-        if self.mesh is None:
-            return contextlib.nullcontext()
-        from prorl_jax.sharding import TRAIN_RULES, use_rules
-
-        return use_rules(self.mesh, TRAIN_RULES)
-
     def _device(self, x: np.ndarray, batch_axis: int = 0):
-        """Host array -> device, batch dim over ('data', 'fsdp') under a mesh."""
+        """Host array -> device, batch dim over ('data', 'fsdp') under a mesh. Every process
+        holds the whole host batch and places only the shards of its own devices."""
         if self.mesh is None:
             return jnp.asarray(x)
         from prorl_jax.sharding import TRAIN_RULES, shard_batch
@@ -318,10 +331,11 @@ class Trainer:
         if fn is None:
             if prompt_len is None:
                 fn = PackedStep(self.model_cfg, self.cfg.rl, self.optimizer,
-                                temperature=self._temperature)
+                                temperature=self._temperature, mesh=self.mesh)
             else:
                 fn = make_train_step(self.model_cfg, self.cfg.rl, self.optimizer,
-                                     prompt_len=prompt_len, temperature=self._temperature)
+                                     prompt_len=prompt_len, temperature=self._temperature,
+                                     mesh=self.mesh)
             self._train_steps[key] = fn
         return fn
 
@@ -333,7 +347,7 @@ class Trainer:
     def _logprobs(self, params, mb: dict, prompt_len: int | None, with_entropy: bool = False):
         """Logprobs (and entropies) of one mini-batch's micro-batch(es), kept on device:
         [b, T] for a packed micro-batch, [M, b, R] for a padded mini-batch."""
-        kw = dict(temperature=self._temperature, with_entropy=with_entropy)
+        kw = dict(temperature=self._temperature, with_entropy=with_entropy, mesh=self.mesh)
         if prompt_len is None:
             return batch_packed_logprobs(self.model_cfg, params, mb["tokens"], mb["segment_ids"],
                                          mb["targets"], **kw)
@@ -360,46 +374,71 @@ class Trainer:
         reference logprobs are computed there and stay there; every epoch visits the same
         mini-batches (one permutation of the groups per step).
         """
+        tb = self._make_batch(groups, step)
+        entropy, mismatch = self._old_and_ref_logprobs(tb)
+        collected = self._ppo_epochs(tb)
+        return self._collect_metrics(collected, entropy, mismatch, tb, step)
+
+    def _make_batch(self, groups, step: int):
+        """The step's train batch (one permutation of the groups), placed once."""
         cfg = self.cfg
-        rng = np.random.default_rng([cfg.seed, step])
-        order = rng.permutation(groups.num_groups)
+        order = np.random.default_rng([cfg.seed, step]).permutation(groups.num_groups)
         shards = 1 if self.mesh is None else cfg.mesh.data * cfg.mesh.fsdp
-        tb = batching.train_batch(cfg, groups, order, self.pad_id, place=self._device,
-                                  shards=shards)
+        return batching.train_batch(cfg, groups, order, self.pad_id, place=self._device,
+                                    shards=shards)
+
+    def _old_and_ref_logprobs(self, tb):
+        """Fills every micro-batch's old and reference logprobs (on device) and the
+        rollout/trainer mismatch inputs (rl/old_logprobs.py).
+
+        Returns (entropy, mismatch): the rollout policy's aggregated entropy (device scalar;
+        None with rl.old_logprobs=sampler, which skips the pass it comes from) and the
+        per-micro-batch mismatch sums.
+        """
+        rl = self.cfg.rl
         entropy_parts, mismatch = [], []
-        with self._rules():
-            for k, micros in enumerate(tb.minibatches):
-                for mb in micros:
-                    if cfg.rl.old_logprobs == "recompute":
-                        mb["old_logprobs"], ent = self._logprobs(
-                            self.state.params, mb, tb.prompt_len, with_entropy=True)
-                        entropy_parts.append(self._entropy(tb, mb, ent, k))
-                    else:  # the rollout's own: no forward pass (rl/old_logprobs.py)
-                        mb["old_logprobs"] = mb["sampler_logprobs"]
-                    mb["ref_logprobs"] = (self._logprobs(self.state.ref_params, mb, tb.prompt_len)
-                                          if cfg.rl.kl_coef != 0 else mb["old_logprobs"])
-                    mismatch.append(old_logprobs.attach(cfg.rl, mb))
-            train_step = self._train_step_fn(tb.prompt_len)
-            params, opt_state = self.state.params, self.state.opt_state
-            collected: list[dict] = []
-            for _ in range(cfg.rl.ppo_epochs):
-                for micros in tb.minibatches:
-                    if tb.packed:
-                        params, opt_state, m = train_step.step(params, opt_state, micros)
-                    else:
-                        mb = dict(micros[0], weight=jnp.asarray(micros[0]["weight"]))
-                        params, opt_state, m = train_step(params, opt_state, mb)
-                    collected.append(m)
+        for k, micros in enumerate(tb.minibatches):
+            for mb in micros:
+                if rl.old_logprobs == "recompute":
+                    mb["old_logprobs"], ent = self._logprobs(self.state.params, mb,
+                                                             tb.prompt_len, with_entropy=True)
+                    entropy_parts.append(self._entropy(tb, mb, ent, k))
+                else:  # the rollout's own: no forward pass
+                    mb["old_logprobs"] = mb["sampler_logprobs"]
+                mb["ref_logprobs"] = (self._logprobs(self.state.ref_params, mb, tb.prompt_len)
+                                      if rl.kl_coef != 0 else mb["old_logprobs"])
+                mismatch.append(old_logprobs.attach(rl, mb))
+        entropy = sum(entropy_parts) if entropy_parts else None
+        return entropy, [s for s in mismatch if s is not None]
+
+    def _ppo_epochs(self, tb) -> list[dict]:
+        """rl.ppo_epochs passes over the mini-batches; updates the state, returns each
+        update's metrics (device scalars)."""
+        train_step = self._train_step_fn(tb.prompt_len)
+        params, opt_state = self.state.params, self.state.opt_state
+        collected: list[dict] = []
+        for _ in range(self.cfg.rl.ppo_epochs):
+            for micros in tb.minibatches:
+                if tb.packed:
+                    params, opt_state, m = train_step.step(params, opt_state, micros)
+                else:
+                    mb = dict(micros[0], weight=jnp.asarray(micros[0]["weight"]))
+                    params, opt_state, m = train_step(params, opt_state, mb)
+                collected.append(m)
         self.state = self.state.replace(params=params, opt_state=opt_state)
+        return collected
+
+    def _collect_metrics(self, collected: list[dict], entropy, mismatch, tb,
+                         step: int) -> dict:
+        """The step's update metrics: means over the updates (maxima for "...max" keys)."""
         stacked = {k: np.asarray([float(m[k]) for m in collected]) for k in collected[0]}
         out = {k: float(v.max() if combines_by_max(k) else v.mean()) for k, v in stacked.items()}
         out["skipped"] = float(stacked["skipped"].sum())
-        out.update(old_logprobs.step_metrics(cfg.rl, [s for s in mismatch if s is not None],
-                                             collected))
-        if entropy_parts:  # recompute mode: from the old-logprob pass
+        out.update(old_logprobs.step_metrics(self.cfg.rl, mismatch, collected))
+        if entropy is not None:  # recompute mode: from the old-logprob pass
             # The rollout policy's entropy (at the rollout temperature), same aggregation
             # as the loss.
-            out["entropy"] = float(sum(entropy_parts))
+            out["entropy"] = float(entropy)
         out["tokens/packing_efficiency"] = tb.real_tokens / max(tb.slots, 1)
         self.counters.skipped_updates += int(out["skipped"])
         if out["skipped"]:
@@ -415,10 +454,12 @@ class Trainer:
         from prorl_jax.eval.runner import validate_records
 
         v = self.cfg.validation
-        return validate_records(self.model_cfg, self.state.params, self.formatter, self.tokenizer,
+        return validate_records(self.model_cfg, self.state.params, self.formatter,
+                                self.tokenizer,
                                 self.val_records, self.pool, n=v.n, temperature=v.temperature,
                                 top_p=v.top_p, max_new_tokens=v.max_new_tokens,
-                                stop_token_ids=self.stop_ids, seed=self.cfg.seed, mesh=self.mesh,
+                                stop_token_ids=self.stop_ids, seed=self.cfg.seed,
+                                mesh=self.mesh,
                                 max_batch_tokens=self.cfg.sampling.max_batch_tokens or None,
                                 engine=self.cfg.sampling.engine,
                                 decode_slots=self.cfg.sampling.decode_slots,
@@ -459,7 +500,7 @@ class Trainer:
             self.counters.val_before = previous["val_before"]  # run from before the counter
         if self.counters.val_before is not None:
             summary["val_before"] = self.counters.val_before
-        progress = _progress(cfg, start)
+        progress = _progress(cfg, start, enabled=self.primary)
         stop = _StopFlag(on_force_exit=self.pool.kill)
         last: dict = {}
         # Log lines (resets, warnings) go above the progress bar instead of through it.
@@ -502,7 +543,8 @@ class Trainer:
         summary["steps"] = int(self.state.step)
         summary["resets"] = list(self.counters.resets)
         summary["empty_steps"] = int(self.counters.empty_steps)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.primary:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.close()
         return summary
 
@@ -612,8 +654,22 @@ def _domains(cfg: TrainConfig) -> tuple[str, ...]:
     return DOMAINS if unknown_mix or not named else tuple(sorted(named))
 
 
-def _progress(cfg: TrainConfig, start: int):
+def _progress(cfg: TrainConfig, start: int, enabled: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(total=cfg.steps, initial=start, desc="ProRL", unit="step",
-                disable=not cfg.logging.progress, dynamic_ncols=True)
+                disable=not (cfg.logging.progress and enabled), dynamic_ncols=True)
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The console of processes other than 0: they print nothing (docs/distributed.md)."""
+
+
+class _NoMetrics:
+    """The metrics logger of processes other than 0: process 0 alone writes metrics."""
+
+    def write(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

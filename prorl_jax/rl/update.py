@@ -27,6 +27,7 @@ from prorl_jax.config import RLConfig
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
 from prorl_jax.rl import old_logprobs
+from prorl_jax.sharding import TRAIN_RULES, rules_for
 
 
 def combines_by_max(name: str) -> bool:
@@ -59,12 +60,14 @@ def response_logprobs(cfg: ModelConfig, params, tokens, attention_mask, prompt_l
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "temperature", "with_entropy",
-                                             "chunk_size"))
+                                             "chunk_size", "mesh"))
 def batch_logprobs(cfg, params, tokens, attention_mask, *, prompt_len, temperature,
-                   with_entropy=False, chunk_size=losses.DEFAULT_CHUNK_SIZE):
-    """Jitted `response_logprobs` without gradients: old (with entropy) and reference logprobs."""
-    return response_logprobs(cfg, params, tokens, attention_mask, prompt_len, temperature,
-                             with_entropy=with_entropy, chunk_size=chunk_size)
+                   with_entropy=False, chunk_size=losses.DEFAULT_CHUNK_SIZE, mesh=None):
+    """Jitted `response_logprobs` without gradients: old (with entropy) and reference logprobs.
+    mesh: the training mesh (activations sharded by TRAIN_RULES), or None."""
+    with rules_for(mesh, TRAIN_RULES):
+        return response_logprobs(cfg, params, tokens, attention_mask, prompt_len, temperature,
+                                 with_entropy=with_entropy, chunk_size=chunk_size)
 
 
 def micro_weights(response_mask, micro_batches: int, agg: str):
@@ -90,8 +93,10 @@ def micro_weights(response_mask, micro_batches: int, agg: str):
 
 def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTransformation, *,
                     prompt_len: int, temperature: float,
-                    chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+                    chunk_size: int = losses.DEFAULT_CHUNK_SIZE, mesh=None):
     """Builds the jitted update `step(params, opt_state, batch) -> (params, opt_state, metrics)`.
+
+    mesh: the training mesh: activations are sharded by TRAIN_RULES over it (None: none).
 
     batch: dict of arrays with a leading micro-batch axis M:
       tokens int32 [M, b, T], attention_mask [M, b, T], response_mask [M, b, R],
@@ -120,6 +125,10 @@ def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTra
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(params, opt_state, batch):
+        with rules_for(mesh, TRAIN_RULES):
+            return _step(params, opt_state, batch)
+
+    def _step(params, opt_state, batch):
         def accumulate(carry, mb):
             grads, metrics = carry
             (_, m), g = grad_fn(params, mb)
@@ -169,12 +178,15 @@ def packed_logprobs(cfg: ModelConfig, params, tokens, segment_ids, targets, temp
                                                    chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "temperature", "with_entropy", "chunk_size"))
+@functools.partial(jax.jit, static_argnames=("cfg", "temperature", "with_entropy", "chunk_size",
+                                             "mesh"))
 def batch_packed_logprobs(cfg, params, tokens, segment_ids, targets, *, temperature,
-                          with_entropy=False, chunk_size=losses.DEFAULT_CHUNK_SIZE):
-    """Jitted `packed_logprobs` without gradients: old (with entropy) and reference logprobs."""
-    return packed_logprobs(cfg, params, tokens, segment_ids, targets, temperature,
-                           with_entropy=with_entropy, chunk_size=chunk_size)
+                          with_entropy=False, chunk_size=losses.DEFAULT_CHUNK_SIZE, mesh=None):
+    """Jitted `packed_logprobs` without gradients: old (with entropy) and reference logprobs.
+    mesh: the training mesh (activations sharded by TRAIN_RULES), or None."""
+    with rules_for(mesh, TRAIN_RULES):
+        return packed_logprobs(cfg, params, tokens, segment_ids, targets, temperature,
+                               with_entropy=with_entropy, chunk_size=chunk_size)
 
 
 class PackedStep:
@@ -187,13 +199,19 @@ class PackedStep:
     old_logprobs, ref_logprobs (optionally sampler_logprobs, tis_weights) float32 [b, T],
     metric_weight float32 scalar (batch.py, rl/old_logprobs.py).
     Each program is compiled once per micro-batch shape (b, T); `step` runs a mini-batch.
+    mesh: the training mesh: activations are sharded by TRAIN_RULES over it (None: none).
     """
 
     def __init__(self, cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTransformation,
-                 *, temperature: float, chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+                 *, temperature: float, chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
+                 mesh=None):
         want_entropy = rl.entropy_coef != 0.0
 
         def loss_fn(params, mb):
+            with rules_for(mesh, TRAIN_RULES):
+                return _loss_fn(params, mb)
+
+        def _loss_fn(params, mb):
             out = packed_logprobs(cfg, params, mb["tokens"], mb["segment_ids"], mb["targets"],
                                   temperature, with_entropy=want_entropy, chunk_size=chunk_size)
             logp, ent = out if want_entropy else (out, None)

@@ -39,9 +39,10 @@ def child_env(devices: int) -> dict:
 
 
 def launch(argv: list[str], *, processes: int = 2, devices: int = 4, timeout: float = 240,
-           extra: list[str] = ()) -> list[Proc]:
+           extra: list[str] = (), env: dict | None = None) -> list[Proc]:
     """Runs `python argv... --coordinator 127.0.0.1:PORT --num-processes N --process-id I`
-    for I in 0..N-1, each with `devices` CPU devices; every process is killed at `timeout`."""
+    for I in 0..N-1, each with `devices` CPU devices (and `env` added to its environment);
+    every process is killed at `timeout`."""
     import tempfile
 
     port = free_port()
@@ -54,7 +55,7 @@ def launch(argv: list[str], *, processes: int = 2, devices: int = 4, timeout: fl
     procs = [subprocess.Popen(
         [sys.executable, *argv, "--coordinator", f"127.0.0.1:{port}",
          "--num-processes", str(processes), "--process-id", str(i), *extra],
-        cwd=REPO, env=child_env(devices), stdout=outs[i][0], stderr=outs[i][1], text=True)
+        cwd=REPO, env={**child_env(devices), **(env or {})}, stdout=outs[i][0], stderr=outs[i][1], text=True)
         for i in range(processes)]
     ended = [0.0] * processes
     try:

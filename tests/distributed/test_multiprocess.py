@@ -29,7 +29,8 @@ def test_sharded_step_gathers_and_keep_mask_match_one_process(tmp_path, run_work
     msg = str(two[0]["mesh_error"])
     assert msg.startswith("ConfigError") and "= 4 devices" in msg and "8 devices in all" in msg
     # Gathered values are identical on both processes, bit for bit.
-    same = {k: two[0][k] for k in two[0] if not k.endswith("rows") and k != "mesh_error"}
+    same = {k: two[0][k] for k in two[0]
+            if not k.endswith("rows") and k not in ("mesh_error", "disagree_error")}
     _same_bits(same, {k: two[1][k] for k in same})
     assert [two[i]["uneven6_rows"].tolist() for i in range(2)] == [[0, 3], [3, 6]]
     assert [two[i]["uneven5_rows"].tolist() for i in range(2)] == [[0, 5], [0, 5]]
@@ -38,6 +39,13 @@ def test_sharded_step_gathers_and_keep_mask_match_one_process(tmp_path, run_work
         np.testing.assert_array_equal(two[0][f"uneven{n}"], x)
         np.testing.assert_array_equal(two[0][f"uneven{n}_gathered"], x)
 
+    # Per-process shares of host rows, gathered whole; a full host batch placed per
+    # process; a value the processes disagree on is an error naming the other process.
+    assert [two[i]["share_rows"].tolist() for i in range(2)] == [[0, 4], [4, 9]]
+    np.testing.assert_array_equal(two[1]["shared"], np.arange(9.0))
+    np.testing.assert_array_equal(two[0]["placed_axis1"], np.arange(48).reshape(2, 8, 3))
+    assert str(two[0]["disagree_error"]).startswith(
+        "processes [1] disagree with process 0 on a per-process value")
     one = worker.numerics()  # this process: 1 process x 8 devices, same mesh shape
     for k in ("rewards", "lengths", "keep", "adv"):
         assert one[k].tobytes() == two[0][k].tobytes(), k
@@ -139,16 +147,23 @@ def test_bad_input_on_every_process_is_one_line_and_exit_2_each(tmp_path, run_wo
         assert "Traceback" not in p.stderr
 
 
-def test_cli_starts_two_processes_and_refuses_train_clearly(tmp_path, run_processes, explain):
-    procs = run_processes(["-m", "prorl_jax", "train", "--run-dir", str(tmp_path / "run")],
-                          timeout=150)
+def test_cli_starts_two_processes_and_refuses_a_command_not_ready(tmp_path, run_processes,
+                                                                  explain):
+    from prorl_jax.distributed import MULTI_PROCESS_COMMANDS
+
+    if "generate" in MULTI_PROCESS_COMMANDS:
+        pytest.skip("generate runs under several processes: nothing left to refuse with it")
+    out = tmp_path / "out.jsonl"
+    procs = run_processes(["-m", "prorl_jax", "generate", "--model", "builtin:demo_base",
+                           "--prompt", "1+1=", "--out", str(out)], timeout=150)
     assert [p.rc for p in procs] == [2, 2], explain(procs)
     for i, p in enumerate(procs):
-        lines = [ln for ln in p.stderr.splitlines() if "prorl-jax train: error:" in ln]
-        assert lines == [f"[process {i}/2] prorl-jax train: error: prorl-jax train does not run "
-                         "under multiple processes yet (2 processes, 8 devices started); run "
-                         "it as one process (see docs/distributed.md, 'Status')"], explain(procs)
-    assert not (tmp_path / "run").exists()  # refused before anything was written
+        lines = [ln for ln in p.stderr.splitlines() if "prorl-jax generate: error:" in ln]
+        assert lines == [f"[process {i}/2] prorl-jax generate: error: prorl-jax generate does "
+                         "not run under multiple processes yet (2 processes, 8 devices "
+                         "started); run it as one process (see docs/distributed.md, "
+                         "'Status')"], explain(procs)
+    assert not out.exists()  # refused before anything was written
 
 
 def test_missing_peer_ends_start_up_within_the_init_timeout(tmp_path, run_processes, explain):

@@ -80,7 +80,7 @@ def numerics() -> dict:
 
     from prorl_jax import distributed, losses
     from prorl_jax.model import qwen
-    from prorl_jax.sharding import TRAIN_RULES, make_mesh, use_rules
+    from prorl_jax.sharding import TRAIN_RULES, make_mesh, shard_batch, use_rules
 
     cfg = _cfg()
     mesh = make_mesh(data=2, fsdp=4)
@@ -128,7 +128,21 @@ def numerics() -> dict:
         out[f"uneven{n}"] = to_host(placed)
         out[f"uneven{n}_gathered"] = distributed.gather_rows(x[r], r, n)
         out[f"uneven{n}_rows"] = np.asarray([r.start, r.stop])
+    # Host work split per process (the reward scoring of rollouts): 9 rows -> 4 + 5,
+    # gathered back whole on every process.
+    share = distributed.split_rows(BATCH + 1)
+    out["share_rows"] = np.asarray([share.start, share.stop])
+    out["shared"] = distributed.gather_rows(np.arange(BATCH + 1.0)[share], share, BATCH + 1)
+    # A host batch every process holds whole, placed per process, batch on axis 1.
+    x = np.arange(2 * BATCH * 3, dtype=np.int32).reshape(2, BATCH, 3)
+    out["placed_axis1"] = to_host(shard_batch(x, mesh, TRAIN_RULES, (None, "batch", None)))
+    distributed.check_same("the keep mask", out["keep"])  # the same everywhere: passes
     if distributed.process_count() > 1:
+        try:
+            distributed.check_same("a per-process value",
+                                   np.asarray([distributed.process_index()]))
+        except RuntimeError as e:
+            out["disagree_error"] = np.asarray(str(e))
         try:
             make_mesh(data=1, fsdp=4)
         except Exception as e:  # noqa: BLE001

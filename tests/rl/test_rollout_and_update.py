@@ -157,7 +157,7 @@ def test_non_finite_update_is_skipped(setup):
 
 def test_train_step_on_2x2x2_mesh_equals_single_device(setup):
     from prorl_jax.model.qwen import param_shardings
-    from prorl_jax.sharding import TRAIN_RULES, make_mesh, shard_batch, use_rules
+    from prorl_jax.sharding import TRAIN_RULES, make_mesh, shard_batch
 
     cfg, model_cfg, params, *_ = setup
     opt = state_lib.make_optimizer(cfg.optim)
@@ -172,9 +172,8 @@ def test_train_step_on_2x2x2_mesh_equals_single_device(setup):
     sharded_batch = {k: (jnp.asarray(v) if k == "weight" else
                          shard_batch(v, mesh, TRAIN_RULES, [None, "batch"] + [None] * (v.ndim - 2)))
                      for k, v in batch.items()}
-    sharded = make_train_step(model_cfg, cfg.rl, opt, prompt_len=8, temperature=1.0)
-    with use_rules(mesh, TRAIN_RULES):
-        p8, _, m8 = sharded(sharded_params, opt.init(sharded_params), sharded_batch)
+    sharded = make_train_step(model_cfg, cfg.rl, opt, prompt_len=8, temperature=1.0, mesh=mesh)
+    p8, _, m8 = sharded(sharded_params, opt.init(sharded_params), sharded_batch)
     assert len(jax.tree.leaves(p8)[0].sharding.device_set) == 8
     # Stated tolerance: float32 reductions in a different order across 8 devices.
     assert float(m8["loss"]) == pytest.approx(float(m1["loss"]), abs=1e-5)
