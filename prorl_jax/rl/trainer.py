@@ -335,7 +335,7 @@ class Trainer:
         kw = dict(temperature=self._temperature, with_entropy=with_entropy)
         if prompt_len is None:
             return batch_packed_logprobs(self.model_cfg, params, mb["tokens"], mb["segment_ids"],
-                                         mb["targets"], **kw)
+                                         mb["targets"], mb["columns"], **kw)
         outs = [batch_logprobs(self.model_cfg, params, mb["tokens"][m], mb["attention_mask"][m],
                                prompt_len=prompt_len, **kw)
                 for m in range(mb["tokens"].shape[0])]

@@ -7,8 +7,9 @@ response logprobs come from hidden[:, P-1 : P+R-1] and the lm head, computed ove
 chunks so the [B, R, V] float32 logits never exist at once.
 
 Packed: rows [b, T] of several sequences with segment ids; column c predicts targets[c]
-(= tokens[c + 1] where that is a response token), so logprobs are [b, T] over every column
-and only the loss mask picks the response tokens. A mini-batch is any number of micro-
+(= tokens[c + 1] where that is a response token). The decoder runs over every column; the
+lm head only over the loss columns (a [b, R] index from batch.py, R bucketed), whose
+logprobs are laid back at their columns of [b, T] arrays, so the loss needs only the mask. A mini-batch is any number of micro-
 batches: `PackedStep.accumulate` adds one micro-batch's gradient (its loss already carries
 the mini-batch normaliser in per-token weights), `PackedStep.apply` takes the optimizer step.
 """
@@ -148,30 +149,47 @@ def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTra
 
 
 def packed_logprobs(cfg: ModelConfig, params, tokens, segment_ids, targets, temperature: float,
-                    *, with_entropy: bool = False, chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+                    *, columns=None, with_entropy: bool = False,
+                    chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
     """Next-token logprobs (and entropies) of packed rows under softmax(logits / temperature).
 
     Args:
       tokens: int32 [b, T] packed sequences; segment_ids int32 [b, T] (0 = padding).
       targets: int32 [b, T] the token each column predicts (anything where unused).
+      columns: int32 [b, R] the loss columns of each row, -1 = none (batch.py), or None
+        for every column. The lm head (the [*, V] logits) runs on those R columns only:
+        prompt and padding columns cost the decoder, not the head.
     Returns:
-      logp float32 [b, T] (and entropy float32 [b, T] when with_entropy).
+      logp float32 [b, T] (and entropy float32 [b, T] when with_entropy), 0 off `columns`
+      when they are given.
     """
     hidden = qwen.forward_hidden(cfg, params, tokens, segment_ids=segment_ids)  # [b, T, D]
     w = qwen.unembed_matrix(cfg, params)  # [D, V]
-    if not with_entropy:
-        return losses.token_logprobs_from_hidden(hidden, w, targets, temperature,
-                                                 chunk_size=chunk_size)
-    return losses.logprobs_and_entropy_from_hidden(hidden, w, targets, temperature,
-                                                   chunk_size=chunk_size)
+    if columns is not None:
+        valid = columns >= 0  # [b, R]
+        idx = jnp.where(valid, columns, 0)
+        hidden = jnp.take_along_axis(hidden, idx[..., None], axis=1)  # [b, R, D]
+        targets = jnp.take_along_axis(targets, idx, axis=1)  # [b, R]
+    if with_entropy:
+        outs = losses.logprobs_and_entropy_from_hidden(hidden, w, targets, temperature,
+                                                       chunk_size=chunk_size)
+    else:
+        outs = (losses.token_logprobs_from_hidden(hidden, w, targets, temperature,
+                                                  chunk_size=chunk_size),)
+    if columns is not None:
+        # Back to [b, T] at the loss columns; the -1 entries add 0 (to column 0).
+        rows = jnp.arange(tokens.shape[0])[:, None]
+        outs = tuple(jnp.zeros(tokens.shape, o.dtype).at[rows, idx].add(jnp.where(valid, o, 0))
+                     for o in outs)
+    return outs if with_entropy else outs[0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "temperature", "with_entropy", "chunk_size"))
-def batch_packed_logprobs(cfg, params, tokens, segment_ids, targets, *, temperature,
-                          with_entropy=False, chunk_size=losses.DEFAULT_CHUNK_SIZE):
+def batch_packed_logprobs(cfg, params, tokens, segment_ids, targets, columns=None, *,
+                          temperature, with_entropy=False, chunk_size=losses.DEFAULT_CHUNK_SIZE):
     """Jitted `packed_logprobs` without gradients: old (with entropy) and reference logprobs."""
     return packed_logprobs(cfg, params, tokens, segment_ids, targets, temperature,
-                           with_entropy=with_entropy, chunk_size=chunk_size)
+                           columns=columns, with_entropy=with_entropy, chunk_size=chunk_size)
 
 
 class PackedStep:
@@ -181,8 +199,9 @@ class PackedStep:
     partial sums; `apply(params, opt_state, acc) -> (params, opt_state, metrics)` takes
     the optimizer step (a non-finite loss or gradient leaves both unchanged, skipped = 1).
     micro: tokens, segment_ids, targets, loss_mask [b, T], weights, advantages,
-    old_logprobs, ref_logprobs float32 [b, T], metric_weight float32 scalar (batch.py).
-    Each program is compiled once per micro-batch shape (b, T); `step` runs a mini-batch.
+    old_logprobs, ref_logprobs float32 [b, T], columns int32 [b, R] (the lm head's columns),
+    metric_weight float32 scalar (batch.py). Each program is compiled once per micro-batch
+    shape (b, T, R); `step` runs a mini-batch.
     """
 
     def __init__(self, cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTransformation,
@@ -191,7 +210,8 @@ class PackedStep:
 
         def loss_fn(params, mb):
             out = packed_logprobs(cfg, params, mb["tokens"], mb["segment_ids"], mb["targets"],
-                                  temperature, with_entropy=want_entropy, chunk_size=chunk_size)
+                                  temperature, columns=mb.get("columns"),
+                                  with_entropy=want_entropy, chunk_size=chunk_size)
             logp, ent = out if want_entropy else (out, None)
             return losses.weighted_grpo_loss(
                 logp, mb["old_logprobs"], mb["ref_logprobs"], mb["advantages"], mb["loss_mask"],

@@ -96,6 +96,11 @@ def test_packed_layout_holds_every_sequence_once():
                     assert lm[-1] == 0 and np.all(lm[len(cols) - 1 - n_resp:-1] == 1)
                     np.testing.assert_array_equal(np.asarray(mb["targets"][r])[cols][lm == 1],
                                                   toks[len(cols) - n_resp:])
+                # The lm head's columns: exactly the row's loss columns, in order, then -1.
+                c = np.asarray(mb["columns"][r])
+                lm_row = np.flatnonzero(np.asarray(mb["loss_mask"][r]))
+                np.testing.assert_array_equal(c[:len(lm_row)], lm_row)
+                assert np.all(c[len(lm_row):] == -1)
         assert sorted(got) == want
     assert tb.real_tokens == sum(len(groups.prompt_ids[i // 3]) + groups.lengths[i]
                                  for i in range(12))
@@ -161,7 +166,14 @@ def test_packed_logprobs_equal_padded_logprobs(tiny_model_dir):
     for micros in tb.minibatches:
         for mb in micros:
             lp = np.asarray(batch_packed_logprobs(model_cfg, params, mb["tokens"], mb["segment_ids"],
-                                                  mb["targets"], temperature=1.3))
+                                                  mb["targets"], mb["columns"], temperature=1.3))
+            # The head on the loss columns only == the head on every column, there; 0 elsewhere.
+            full = np.asarray(batch_packed_logprobs(model_cfg, params, mb["tokens"],
+                                                    mb["segment_ids"], mb["targets"],
+                                                    temperature=1.3))
+            on = np.asarray(mb["loss_mask"]) == 1
+            np.testing.assert_allclose(lp[on], full[on], rtol=1e-6, atol=1e-6)
+            assert np.all(lp[~on] == 0)
             for r in range(lp.shape[0]):
                 seg = np.asarray(mb["segment_ids"][r])
                 for s in range(1, seg.max() + 1):
