@@ -312,7 +312,8 @@ class Trainer:
 
     def _train_step_fn(self, prompt_len: int | None):
         """The jitted update: PackedStep (prompt_len None) or the padded scan step."""
-        key = (self.cfg.rl, prompt_len)
+        key = (PackedStep.cache_key(self.cfg.rl) if prompt_len is None else self.cfg.rl,
+               prompt_len)
         fn = self._train_steps.get(key)
         if fn is None:
             if prompt_len is None:

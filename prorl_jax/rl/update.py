@@ -204,6 +204,13 @@ class PackedStep:
     shape (b, T, R); `step` runs a mini-batch.
     """
 
+    @staticmethod
+    def cache_key(rl: RLConfig) -> tuple:
+        """The rl fields the compiled programs depend on. rl.loss_agg is not one of them:
+        the packed layout carries the aggregation in per-token weights (batch.py), so one
+        PackedStep serves every loss_agg mode."""
+        return (rl.clip_low, rl.clip_high, rl.clip_c, rl.kl_coef, rl.kl_kind, rl.entropy_coef)
+
     def __init__(self, cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTransformation,
                  *, temperature: float, chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
         want_entropy = rl.entropy_coef != 0.0

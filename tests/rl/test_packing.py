@@ -224,7 +224,10 @@ def _one_update(trainer, start, groups, cfg):
     return m, jax.tree.map(np.asarray, trainer.state.params)
 
 
-@pytest.mark.slow  # ~40 s of CPU per mode: each compiles a padded and a packed update
+# One Trainer (and one rollout collection) for every mode: the packed programs (one
+# PackedStep, whatever loss_agg) and both logprob passes compile once; each mode compiles
+# only its padded update.
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", losses.AGG_MODES)
 def test_packed_step_equals_padded_step(demo_trainer, mode):
     trainer, groups, start = demo_trainer
