@@ -36,9 +36,10 @@ same thread setting; MFU = model FLOPs / step time / peak.
 rollouts with ProRL-like response lengths: 15% end at the cap, the rest uniform on
 [0.06 cap, cap] (mean 0.6 cap); prompts uniform on [64, 256] tokens. Both layouts get the
 same token budget per micro-batch (4 padded sequences) and the same one optimizer update
-over all sequences; reported: real (non-padding) prompt + response tokens per second of
-the update (old / reference logprob passes not included), and the share of computed
-token slots that are real.
+over all sequences; each layout is compiled and warmed up once, then the timed updates
+alternate between the layouts. Reported: real (non-padding) prompt + response tokens per
+second of the update (old / reference logprob passes not included), the share of computed
+token slots that are real, and each micro-batch's [b, T] and lm-head columns R.
 
     python tools/bench_train.py --lengths --caps 1024,2048 --models demo,small --seqs 16
 

@@ -141,10 +141,10 @@ def test_compiled_programs_are_bounded_by_the_buckets(tiny_model_dir):
         for micros in tb.minibatches:
             for mb in micros:
                 mb["old_logprobs"] = mb["ref_logprobs"] = jnp.zeros(mb["tokens"].shape)
-                shapes.add(mb["tokens"].shape)
+                shapes.add((mb["tokens"].shape, mb["columns"].shape))
             params, opt_state, _ = step.step(params, opt_state, micros)
     sizes = step.cache_sizes()
-    # 8 steps of random lengths: one program per distinct [b, T], from a few buckets.
+    # 8 steps of random lengths: one program per distinct ([b, T], [b, R]), from a few buckets.
     assert sizes["accumulate"] == len(shapes) <= 2, (sizes, shapes)
     assert sizes["apply"] == 1
 
