@@ -36,9 +36,10 @@ same thread setting; MFU = model FLOPs / step time / peak.
 rollouts with ProRL-like response lengths: 15% end at the cap, the rest uniform on
 [0.06 cap, cap] (mean 0.6 cap); prompts uniform on [64, 256] tokens. Both layouts get the
 same token budget per micro-batch (4 padded sequences) and the same one optimizer update
-over all sequences; reported: real (non-padding) prompt + response tokens per second of
-the update (old / reference logprob passes not included), and the share of computed
-token slots that are real.
+over all sequences; each layout is compiled and warmed up once, then the timed updates
+alternate between the layouts. Reported: real (non-padding) prompt + response tokens per
+second of the update (old / reference logprob passes not included), the share of computed
+token slots that are real, and each micro-batch's [b, T] and lm-head columns R.
 
     python tools/bench_train.py --lengths --caps 1024,2048 --models demo,small --seqs 16
 
@@ -295,7 +296,7 @@ def lengths_case(cfg, params, cap: int, seqs: int, steps: int, rng) -> dict:
         "sampling": {"n": n, "max_new_tokens": cap, "max_prompt_tokens": 256},
         "rl": {"prompts_per_step": G, "mini_batch_prompts": G, "micro_batches": seqs // 4,
                "kl_coef": RL.kl_coef, "loss_agg": RL.loss_agg}, "optim": dataclasses.asdict(OPTIM)})
-    out = {}
+    runs = {}
     for packed in (True, False):
         tc = dataclasses.replace(base, rl=dataclasses.replace(base.rl, pack_sequences=packed))
         tb = batching.train_batch(tc, groups, np.arange(G), pad_id=0, place=lambda x, a: jnp.asarray(x))
@@ -308,27 +309,50 @@ def lengths_case(cfg, params, cap: int, seqs: int, steps: int, rng) -> dict:
             for mb in micros:
                 mb["old_logprobs"] = mb["ref_logprobs"] = jnp.full(mb["tokens"].shape, -2.0)
             run = lambda p, o, fn=fn, micros=micros: fn.step(p, o, micros)  # noqa: E731
+            shape = [(tuple(mb["tokens"].shape), mb["columns"].shape[1]) for mb in micros]
         else:
             fn = make_train_step(cfg, tc.rl, optimizer, prompt_len=tb.prompt_len, temperature=1.0)
             mb = dict(tb.minibatches[0][0])
             mb["weight"] = jnp.asarray(mb["weight"])
             mb["old_logprobs"] = mb["ref_logprobs"] = jnp.full(mb["response_mask"].shape, -2.0)
             run = lambda p, o, fn=fn, mb=mb: fn(p, o, mb)  # noqa: E731
+            M, b, T = mb["tokens"].shape
+            shape = [((b, T), mb["response_mask"].shape[-1])] * M
+        t0 = time.perf_counter()
         p, opt_state, m = run(p, opt_state)  # compile + warm-up
         jax.block_until_ready(m)
-        times = []
-        for _ in range(steps):
+        runs["packed" if packed else "padded"] = {
+            "run": run, "state": (p, opt_state), "times": [], "tb": tb, "shape": shape,
+            "first_s": time.perf_counter() - t0}
+    # Timed updates alternate between the layouts, so load from other processes hits both.
+    for _ in range(steps):
+        for r in runs.values():
+            p, opt_state = r["state"]
             t0 = time.perf_counter()
-            p, opt_state, m = run(p, opt_state)
+            p, opt_state, m = r["run"](p, opt_state)
             jax.block_until_ready((p, m))
-            times.append(time.perf_counter() - t0)
-        key = "packed" if packed else "padded"
-        shape = (micros[0]["tokens"].shape, len(micros)) if packed else (mb["tokens"].shape[1:], mb["tokens"].shape[0])
-        out[key] = {"s": statistics.median(times), "efficiency": tb.real_tokens / tb.slots,
-                    "real": tb.real_tokens, "shape": shape, "loss": float(m["loss"])}
+            r["times"].append(time.perf_counter() - t0)
+            r["state"] = (p, opt_state)
+            r["loss"] = float(m["loss"])
+    out = {}
+    for key, r in runs.items():
+        tb = r["tb"]
+        out[key] = {"s": statistics.median(r["times"]), "times": r["times"],
+                    "efficiency": tb.real_tokens / tb.slots, "real": tb.real_tokens,
+                    "shape": r["shape"], "loss": r["loss"], "first_s": r["first_s"]}
     out["mean_len"] = float(lengths.mean() / cap)
     out["at_cap"] = float((lengths == cap).mean())
     return out
+
+
+def _shapes(shape) -> str:
+    """[((b, T), R), ...] per micro-batch -> "2 x [4, 1280] (1024), 1 x [1, 3072] (2048)"."""
+    parts, counts = [], {}
+    for s in shape:
+        if s not in counts:
+            parts.append(s)
+        counts[s] = counts.get(s, 0) + 1
+    return ", ".join(f"{counts[s]} x {list(s[0])} ({s[1]})" for s in parts)
 
 
 def lengths_main(args) -> None:
@@ -350,18 +374,24 @@ def lengths_main(args) -> None:
     load1 = os.getloadavg()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax "
           f"{_jax.__version__} ({_jax.default_backend()}), --threads {_THREADS}; {args.seqs} "
-          f"sequences per update, median of {args.steps} updates; attention_impl auto")
+          f"sequences per update, median of {args.steps} updates per layout (alternating, "
+          f"after a warm-up); attention_impl auto")
     print(f"# load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min)")
-    print("| model | cap | mean len / cap, at cap | padded: micro-batches x [b, T] | real share | "
-          "real tok/s | packed: micro-batches x [b, T] | real share | real tok/s | packed / padded |")
+    print("| model | cap | mean len / cap, at cap | padded: micro-batches [b, T] (lm-head columns) | "
+          "real share | real tok/s | packed: micro-batches [b, T] (lm-head columns) | real share | "
+          "real tok/s | packed / padded |")
     print("|---|---:|---|---|---:|---:|---|---:|---:|---:|")
     for name, n_params, cap, r in rows:
         pa, pk = r["padded"], r["packed"]
         ta, tk = pa["real"] / pa["s"], pk["real"] / pk["s"]
         print(f"| {name} ({n_params / 1e6:.1f}M) | {cap} | {r['mean_len']:.2f}, {r['at_cap']:.0%} | "
-              f"{pa['shape'][1]} x {list(pa['shape'][0])} | {pa['efficiency']:.0%} | {ta:,.0f} | "
-              f"{pk['shape'][1]} x {list(pk['shape'][0])} | {pk['efficiency']:.0%} | {tk:,.0f} | "
+              f"{_shapes(pa['shape'])} | {pa['efficiency']:.0%} | {ta:,.0f} | "
+              f"{_shapes(pk['shape'])} | {pk['efficiency']:.0%} | {tk:,.0f} | "
               f"{tk / ta:.2f}x |", flush=True)
+    for name, _, cap, r in rows:
+        print(f"# {name} cap {cap}: update s " + ", ".join(
+            f"{k} {' / '.join(f'{t:.1f}' for t in r[k]['times'])} (first {r[k]['first_s']:.1f})"
+            for k in ("padded", "packed")))
 
 
 def old_logprobs_main(args) -> None:

@@ -158,23 +158,34 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
     return bins
 
 
-def pack_minibatch(prompts: list[np.ndarray], responses: list[np.ndarray], weights: np.ndarray,
-                   adv: list[np.ndarray], T: int, rows_dev_max: int, shards: int,
-                   pad_id: int, sampler_lp: list[np.ndarray] | None = None
-                   ) -> list[dict[str, np.ndarray]]:
-    """Packs one mini-batch's sequences into micro-batches of [b, T] arrays.
+def loss_columns_len(n: int, T: int) -> int:
+    """R, the bucketed count of loss columns per row of a micro-batch (n = the most any row
+    has): the lm head runs on R columns of each row. Above one lm-head chunk
+    (losses.DEFAULT_CHUNK_SIZE) R is a whole number of chunks (the chunked head would pad to
+    one anyway), below it a bucket of at least 64; never more than the row length T."""
+    C = losses.DEFAULT_CHUNK_SIZE
+    R = -(-n // C) * C if n > C else _bucket_up(max(n, 1), 64)
+    return min(R, T)
+
+
+def pack_minibatch(prompts: list[np.ndarray], responses: list[np.ndarray],
+                   per_token: dict[str, list[np.ndarray]], T: int, rows_dev_max: int,
+                   shards: int, pad_id: int) -> list[dict[str, np.ndarray]]:
+    """Packs one mini-batch's sequences into micro-batches of [b, T_u] arrays.
 
     Args:
       prompts, responses: per sequence, int token ids (response includes its stop token).
-      weights: float32 [S] aggregation weight of each response token of sequence s.
-      adv: per sequence, float32 advantages of its response tokens ([R_s]).
+      per_token: name -> per sequence, the values of its response tokens ([R_s] each, e.g.
+        aggregation weights, advantages, rollout logprobs), laid at the columns that
+        predict those tokens.
       T: pack length; rows_dev_max: rows per device allowed by the token budget;
       shards: devices the batch axis spans (b is a multiple of it).
-      sampler_lp: per sequence, the sampler's logprobs of its response tokens ([R_s]), or
-        None; laid out like `adv`.
     Returns:
-      micro-batches: dicts of tokens, segment_ids, targets, loss_mask [b, T] int32 and
-      weights, advantages (and sampler_logprobs) [b, T] float32.
+      micro-batches: dicts of tokens, segment_ids, targets, loss_mask int32 [b, T_u], one
+      [b, T_u] array per `per_token` key (0 off the loss columns), and columns int32
+      [b, R_u]: each row's loss columns in order, then -1 (`loss_columns_len`). T_u = T,
+      except a micro-batch whose fullest row is shorter gets the bucket of that row
+      (the last, partly filled micro-batch of a mini-batch computes no empty columns).
     """
     lengths = np.array([len(p) + len(r) for p, r in zip(prompts, responses)], np.int64)
     rows = first_fit_decreasing(lengths, T)
@@ -184,16 +195,19 @@ def pack_minibatch(prompts: list[np.ndarray], responses: list[np.ndarray], weigh
     b = min(rows_dev_max, _bucket_up(math.ceil(per_micro / shards))) * shards
     out = []
     for u in range(n_micro):
-        arr = {"tokens": np.full((b, T), pad_id, np.int32),
-               "segment_ids": np.zeros((b, T), np.int32),
-               "targets": np.zeros((b, T), np.int32),
-               "loss_mask": np.zeros((b, T), np.int32),
-               "weights": np.zeros((b, T), np.float32),
-               "advantages": np.zeros((b, T), np.float32)}
-        if sampler_lp is not None:
-            arr["sampler_logprobs"] = np.zeros((b, T), np.float32)
-        for r, row in enumerate(rows[u * per_micro:(u + 1) * per_micro]):
-            col = 0
+        micro_rows = rows[u * per_micro:(u + 1) * per_micro]
+        fill = max(int(lengths[row].sum()) for row in micro_rows)
+        T_u = min(T, max(fill, _bucket_up(fill, _MIN_PACK)))
+        n_loss = max(sum(len(responses[s]) for s in row) for row in micro_rows)
+        arr = {"tokens": np.full((b, T_u), pad_id, np.int32),
+               "segment_ids": np.zeros((b, T_u), np.int32),
+               "targets": np.zeros((b, T_u), np.int32),
+               "loss_mask": np.zeros((b, T_u), np.int32),
+               "columns": np.full((b, loss_columns_len(n_loss, T_u)), -1, np.int32)}
+        for k, vals in per_token.items():
+            arr[k] = np.zeros((b, T_u), np.asarray(vals[0]).dtype)
+        for r, row in enumerate(micro_rows):
+            col, n_cols = 0, 0
             for seg, s in enumerate(row, start=1):
                 p, resp = prompts[s], responses[s]
                 P, L = len(p), len(resp)
@@ -204,11 +218,11 @@ def pack_minibatch(prompts: list[np.ndarray], responses: list[np.ndarray], weigh
                 pred = slice(col + P - 1, col + P - 1 + L)
                 arr["targets"][r, pred] = resp
                 arr["loss_mask"][r, pred] = 1
-                arr["weights"][r, pred] = weights[s]
-                arr["advantages"][r, pred] = adv[s]
-                if sampler_lp is not None:
-                    arr["sampler_logprobs"][r, pred] = sampler_lp[s]
+                arr["columns"][r, n_cols:n_cols + L] = np.arange(col + P - 1, col + P - 1 + L)
+                for k, vals in per_token.items():
+                    arr[k][r, pred] = vals[s]
                 col += P + L
+                n_cols += L
         out.append(arr)
     return out
 
@@ -291,14 +305,17 @@ def train_batch(cfg: TrainConfig, groups: Groups, order: np.ndarray, pad_id: int
     out = []
     slots = 0
     for rows in plan:
-        w = np.asarray(losses.token_weights(lengths[rows], agg, normalizer=R))
+        w = np.asarray(losses.token_weights(lengths[rows], agg, normalizer=R), np.float32)
         prompts = [np.asarray(groups.prompt_ids[i // n], np.int32) for i in rows]
         responses = [groups.tokens[i, :lengths[i]] for i in rows]
-        a = [(adv[i, :lengths[i]] if adv.ndim == 2 else np.full(lengths[i], adv[i]))
-             for i in rows]
-        lp = (None if groups.logprobs is None
-              else [groups.logprobs[i, :lengths[i]] for i in rows])
-        micros = pack_minibatch(prompts, responses, w, a, T, rows_dev_max, shards, pad_id, lp)
+        per_token = {
+            "weights": [np.full(lengths[i], w[j], np.float32) for j, i in enumerate(rows)],
+            "advantages": [(adv[i, :lengths[i]] if adv.ndim == 2 else
+                            np.full(lengths[i], adv[i])).astype(np.float32) for i in rows]}
+        micros = pack_minibatch(prompts, responses, per_token, T, rows_dev_max, shards, pad_id)
+        if groups.logprobs is not None:  # the rollout's own (rl.old_logprobs: sampler)
+            per_token["sampler_logprobs"] = [
+                np.asarray(groups.logprobs[i, :lengths[i]], np.float32) for i in rows]
         # Token-mean weight of the logged metrics (clip fractions, ratios).
         inv_tokens = np.float32(1.0 / max(int(lengths[rows].sum()), 1))
         placed = []

@@ -59,9 +59,11 @@ def attention_kind(mc: ModelConfig) -> str:
 
 
 def micro_batch_bytes(mc: ModelConfig, rows: int, T: int, tensor: int = 1,
-                      chunk_size: int = 512) -> dict:
+                      chunk_size: int = 512, loss_columns: int | None = None) -> dict:
     """Temporary memory (bytes) of the gradient of one micro-batch of `rows` x T tokens
-    on one device: the parts of XLA's temp allocation (see the coefficients above)."""
+    on one device: the parts of XLA's temp allocation (see the coefficients above).
+    loss_columns: R, the columns per row the lm head runs on (packed: the loss columns;
+    None = all T)."""
     abytes = _BYTES[mc.dtype]
     D, F, L, V = mc.hidden_size, mc.intermediate_size, mc.num_hidden_layers, mc.vocab_size
     N, K, H = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
@@ -81,24 +83,32 @@ def micro_batch_bytes(mc: ModelConfig, rows: int, T: int, tensor: int = 1,
     else:
         bq, bk = min(mc.attention_block_q, T), min(mc.attention_block_kv, T)
         attn = 4 * rows * max(1, N // tensor) * bq * bk * 4  # a few float32 tiles
-    # The lm head runs over T in chunks: logits, softmax and their cotangent of one chunk.
-    logits = 3 * rows * min(chunk_size, T) * V * 4 / tensor
+    # The lm head runs over its R columns in chunks: logits, softmax and their cotangent of
+    # one chunk, plus (packed) the gathered hidden [rows, R, D] and its cotangent.
+    R = T if loss_columns is None else min(loss_columns, T)
+    logits = 3 * rows * min(chunk_size, R) * V * 4 / tensor
+    if loss_columns is not None:
+        logits += 2 * rows * R * D * abytes
     return {"saved activations": saved, "layer backward": working,
             f"attention ({mc.attention_impl}, {kind})": attn, "chunked logits": logits}
 
 
 def micro_batch_layout(cfg: TrainConfig) -> dict:
-    """Rows and row length of the largest micro-batch one device computes."""
-    from prorl_jax.rl.batch import micro_batch_tokens, pack_length
+    """Rows, row length T and lm-head columns per row R of the largest micro-batch one
+    device computes."""
+    from prorl_jax.rl.batch import loss_columns_len, micro_batch_tokens, pack_length
 
     longest = cfg.sampling.max_prompt_tokens + cfg.sampling.max_new_tokens
     shards_batch = cfg.mesh.data * cfg.mesh.fsdp
     if cfg.rl.pack_sequences:
         budget = micro_batch_tokens(cfg)
         T = pack_length(longest, budget, dense=cfg.model.attention_impl == "dense")
-        return {"rows": budget // T, "T": T, "what": f"packed, {budget} tokens per device"}
+        # The lm head's columns: at most a row full of response tokens.
+        return {"rows": budget // T, "T": T, "R": loss_columns_len(T, T),
+                "what": f"packed, {budget} tokens per device"}
     micro_rows = cfg.rl.mini_batch_prompts * cfg.sampling.n // cfg.rl.micro_batches
     return {"rows": max(1, micro_rows // shards_batch), "T": longest,
+            "R": cfg.sampling.max_new_tokens,
             "what": f"padded, {micro_rows} sequences per micro-batch"}
 
 
@@ -130,7 +140,8 @@ def memory_plan(cfg: TrainConfig, model_cfg: ModelConfig | None = None) -> dict:
     n = cfg.sampling.n
     seq = cfg.sampling.max_prompt_tokens + cfg.sampling.max_new_tokens
     micro = micro_batch_layout(cfg)
-    step = micro_batch_bytes(mc, micro["rows"], micro["T"], mesh.tensor)
+    step = micro_batch_bytes(mc, micro["rows"], micro["T"], mesh.tensor,
+                             loss_columns=micro["R"])
     # The micro-batch's own arrays: ~9 int32 / float32 values per token (batch.py).
     step["micro-batch arrays"] = 9 * 4 * micro["rows"] * micro["T"]
     update = grads + sum(step.values())

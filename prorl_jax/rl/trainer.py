@@ -326,7 +326,8 @@ class Trainer:
 
     def _train_step_fn(self, prompt_len: int | None):
         """The jitted update: PackedStep (prompt_len None) or the padded scan step."""
-        key = (self.cfg.rl, prompt_len)
+        key = (PackedStep.cache_key(self.cfg.rl) if prompt_len is None else self.cfg.rl,
+               prompt_len)
         fn = self._train_steps.get(key)
         if fn is None:
             if prompt_len is None:
@@ -350,7 +351,7 @@ class Trainer:
         kw = dict(temperature=self._temperature, with_entropy=with_entropy, mesh=self.mesh)
         if prompt_len is None:
             return batch_packed_logprobs(self.model_cfg, params, mb["tokens"], mb["segment_ids"],
-                                         mb["targets"], **kw)
+                                         mb["targets"], mb["columns"], **kw)
         outs = [batch_logprobs(self.model_cfg, params, mb["tokens"][m], mb["attention_mask"][m],
                                prompt_len=prompt_len, **kw)
                 for m in range(mb["tokens"].shape[0])]

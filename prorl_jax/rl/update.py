@@ -7,8 +7,9 @@ response logprobs come from hidden[:, P-1 : P+R-1] and the lm head, computed ove
 chunks so the [B, R, V] float32 logits never exist at once.
 
 Packed: rows [b, T] of several sequences with segment ids; column c predicts targets[c]
-(= tokens[c + 1] where that is a response token), so logprobs are [b, T] over every column
-and only the loss mask picks the response tokens. A mini-batch is any number of micro-
+(= tokens[c + 1] where that is a response token). The decoder runs over every column; the
+lm head only over the loss columns (a [b, R] index from batch.py, R bucketed), whose
+logprobs are laid back at their columns of [b, T] arrays, so the loss needs only the mask. A mini-batch is any number of micro-
 batches: `PackedStep.accumulate` adds one micro-batch's gradient (its loss already carries
 the mini-batch normaliser in per-token weights), `PackedStep.apply` takes the optimizer step.
 """
@@ -160,33 +161,52 @@ def make_train_step(cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTra
 
 
 def packed_logprobs(cfg: ModelConfig, params, tokens, segment_ids, targets, temperature: float,
-                    *, with_entropy: bool = False, chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
+                    *, columns=None, with_entropy: bool = False,
+                    chunk_size: int = losses.DEFAULT_CHUNK_SIZE):
     """Next-token logprobs (and entropies) of packed rows under softmax(logits / temperature).
 
     Args:
       tokens: int32 [b, T] packed sequences; segment_ids int32 [b, T] (0 = padding).
       targets: int32 [b, T] the token each column predicts (anything where unused).
+      columns: int32 [b, R] the loss columns of each row, -1 = none (batch.py), or None
+        for every column. The lm head (the [*, V] logits) runs on those R columns only:
+        prompt and padding columns cost the decoder, not the head.
     Returns:
-      logp float32 [b, T] (and entropy float32 [b, T] when with_entropy).
+      logp float32 [b, T] (and entropy float32 [b, T] when with_entropy), 0 off `columns`
+      when they are given.
     """
     hidden = qwen.forward_hidden(cfg, params, tokens, segment_ids=segment_ids)  # [b, T, D]
     w = qwen.unembed_matrix(cfg, params)  # [D, V]
-    if not with_entropy:
-        return losses.token_logprobs_from_hidden(hidden, w, targets, temperature,
-                                                 chunk_size=chunk_size)
-    return losses.logprobs_and_entropy_from_hidden(hidden, w, targets, temperature,
-                                                   chunk_size=chunk_size)
+    if columns is not None:
+        valid = columns >= 0  # [b, R]
+        idx = jnp.where(valid, columns, 0)
+        hidden = jnp.take_along_axis(hidden, idx[..., None], axis=1)  # [b, R, D]
+        targets = jnp.take_along_axis(targets, idx, axis=1)  # [b, R]
+    if with_entropy:
+        outs = losses.logprobs_and_entropy_from_hidden(hidden, w, targets, temperature,
+                                                       chunk_size=chunk_size)
+    else:
+        outs = (losses.token_logprobs_from_hidden(hidden, w, targets, temperature,
+                                                  chunk_size=chunk_size),)
+    if columns is not None:
+        # Back to [b, T] at the loss columns; the -1 entries add 0 (to column 0).
+        rows = jnp.arange(tokens.shape[0])[:, None]
+        outs = tuple(jnp.zeros(tokens.shape, o.dtype).at[rows, idx].add(jnp.where(valid, o, 0))
+                     for o in outs)
+    return outs if with_entropy else outs[0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "temperature", "with_entropy", "chunk_size",
                                              "mesh"))
-def batch_packed_logprobs(cfg, params, tokens, segment_ids, targets, *, temperature,
-                          with_entropy=False, chunk_size=losses.DEFAULT_CHUNK_SIZE, mesh=None):
+def batch_packed_logprobs(cfg, params, tokens, segment_ids, targets, columns=None, *,
+                          temperature, with_entropy=False, chunk_size=losses.DEFAULT_CHUNK_SIZE,
+                          mesh=None):
     """Jitted `packed_logprobs` without gradients: old (with entropy) and reference logprobs.
     mesh: the training mesh (activations sharded by TRAIN_RULES), or None."""
     with rules_for(mesh, TRAIN_RULES):
         return packed_logprobs(cfg, params, tokens, segment_ids, targets, temperature,
-                               with_entropy=with_entropy, chunk_size=chunk_size)
+                               columns=columns, with_entropy=with_entropy,
+                               chunk_size=chunk_size)
 
 
 class PackedStep:
@@ -197,10 +217,20 @@ class PackedStep:
     the optimizer step (a non-finite loss or gradient leaves both unchanged, skipped = 1).
     micro: tokens, segment_ids, targets, loss_mask [b, T], weights, advantages,
     old_logprobs, ref_logprobs (optionally sampler_logprobs, tis_weights) float32 [b, T],
-    metric_weight float32 scalar (batch.py, rl/old_logprobs.py).
-    Each program is compiled once per micro-batch shape (b, T); `step` runs a mini-batch.
+    columns int32 [b, R] (the lm head's columns), metric_weight float32 scalar (batch.py,
+    rl/old_logprobs.py). Each program is compiled once per micro-batch shape (b, T, R);
+    `step` runs a mini-batch.
     mesh: the training mesh: activations are sharded by TRAIN_RULES over it (None: none).
     """
+
+    @staticmethod
+    def cache_key(rl: RLConfig) -> tuple:
+        """The rl fields the compiled programs depend on. rl.loss_agg is not one of them:
+        the packed layout carries the aggregation in per-token weights (batch.py), so one
+        PackedStep serves every loss_agg mode. rl.old_logprobs is: in sampler mode the loss
+        also reports the rollout/trainer mismatch (rl/old_logprobs.in_step)."""
+        return (rl.clip_low, rl.clip_high, rl.clip_c, rl.kl_coef, rl.kl_kind, rl.entropy_coef,
+                rl.old_logprobs)
 
     def __init__(self, cfg: ModelConfig, rl: RLConfig, optimizer: optax.GradientTransformation,
                  *, temperature: float, chunk_size: int = losses.DEFAULT_CHUNK_SIZE,
@@ -213,7 +243,8 @@ class PackedStep:
 
         def _loss_fn(params, mb):
             out = packed_logprobs(cfg, params, mb["tokens"], mb["segment_ids"], mb["targets"],
-                                  temperature, with_entropy=want_entropy, chunk_size=chunk_size)
+                                  temperature, columns=mb.get("columns"),
+                                  with_entropy=want_entropy, chunk_size=chunk_size)
             logp, ent = out if want_entropy else (out, None)
             loss, metrics = losses.weighted_grpo_loss(
                 logp, mb["old_logprobs"], mb["ref_logprobs"], mb["advantages"], mb["loss_mask"],
@@ -231,7 +262,7 @@ class PackedStep:
             (_, m), g = grad_fn(params, mb)
             grads = jax.tree.map(jnp.add, grads, g)
             # Partial sums add up over the micro-batches; maxima combine by max.
-            metrics = {k: (jnp.maximum(metrics[k], v) if k.endswith("max") else metrics[k] + v)
+            metrics = {k: (jnp.maximum(metrics[k], v) if combines_by_max(k) else metrics[k] + v)
                        for k, v in m.items()}
             return grads, metrics
 
@@ -252,7 +283,7 @@ class PackedStep:
         self._metric_keys = None
 
         def zeros(params, keys):
-            metrics = {k: jnp.float32(-jnp.inf if k.endswith("max") else 0.0) for k in keys}
+            metrics = {k: jnp.float32(-jnp.inf if combines_by_max(k) else 0.0) for k in keys}
             return jax.tree.map(jnp.zeros_like, params), metrics
 
         self._zeros = jax.jit(zeros, static_argnums=(1,))

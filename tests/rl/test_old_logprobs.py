@@ -132,7 +132,7 @@ def test_sampler_logprobs_equal_trainer_recompute(tiny, engine):
                 if packed:
                     want = batch_packed_logprobs(model_cfg, params, mb["tokens"],
                                                  mb["segment_ids"], mb["targets"],
-                                                 temperature=temp)
+                                                 mb["columns"], temperature=temp)
                     mask = np.asarray(mb["loss_mask"], bool)
                     got = np.asarray(mb["sampler_logprobs"])[mask]
                     want = np.asarray(want)[mask]

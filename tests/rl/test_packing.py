@@ -96,6 +96,11 @@ def test_packed_layout_holds_every_sequence_once():
                     assert lm[-1] == 0 and np.all(lm[len(cols) - 1 - n_resp:-1] == 1)
                     np.testing.assert_array_equal(np.asarray(mb["targets"][r])[cols][lm == 1],
                                                   toks[len(cols) - n_resp:])
+                # The lm head's columns: exactly the row's loss columns, in order, then -1.
+                c = np.asarray(mb["columns"][r])
+                lm_row = np.flatnonzero(np.asarray(mb["loss_mask"][r]))
+                np.testing.assert_array_equal(c[:len(lm_row)], lm_row)
+                assert np.all(c[len(lm_row):] == -1)
         assert sorted(got) == want
     assert tb.real_tokens == sum(len(groups.prompt_ids[i // 3]) + groups.lengths[i]
                                  for i in range(12))
@@ -136,10 +141,10 @@ def test_compiled_programs_are_bounded_by_the_buckets(tiny_model_dir):
         for micros in tb.minibatches:
             for mb in micros:
                 mb["old_logprobs"] = mb["ref_logprobs"] = jnp.zeros(mb["tokens"].shape)
-                shapes.add(mb["tokens"].shape)
+                shapes.add((mb["tokens"].shape, mb["columns"].shape))
             params, opt_state, _ = step.step(params, opt_state, micros)
     sizes = step.cache_sizes()
-    # 8 steps of random lengths: one program per distinct [b, T], from a few buckets.
+    # 8 steps of random lengths: one program per distinct ([b, T], [b, R]), from a few buckets.
     assert sizes["accumulate"] == len(shapes) <= 2, (sizes, shapes)
     assert sizes["apply"] == 1
 
@@ -161,7 +166,14 @@ def test_packed_logprobs_equal_padded_logprobs(tiny_model_dir):
     for micros in tb.minibatches:
         for mb in micros:
             lp = np.asarray(batch_packed_logprobs(model_cfg, params, mb["tokens"], mb["segment_ids"],
-                                                  mb["targets"], temperature=1.3))
+                                                  mb["targets"], mb["columns"], temperature=1.3))
+            # The head on the loss columns only == the head on every column, there; 0 elsewhere.
+            full = np.asarray(batch_packed_logprobs(model_cfg, params, mb["tokens"],
+                                                    mb["segment_ids"], mb["targets"],
+                                                    temperature=1.3))
+            on = np.asarray(mb["loss_mask"]) == 1
+            np.testing.assert_allclose(lp[on], full[on], rtol=1e-6, atol=1e-6)
+            assert np.all(lp[~on] == 0)
             for r in range(lp.shape[0]):
                 seg = np.asarray(mb["segment_ids"][r])
                 for s in range(1, seg.max() + 1):
@@ -212,7 +224,11 @@ def _one_update(trainer, start, groups, cfg):
     return m, jax.tree.map(np.asarray, trainer.state.params)
 
 
-@pytest.mark.slow  # ~40 s of CPU per mode: each compiles a padded and a packed update
+# One Trainer (and one rollout collection) for every mode: the packed programs (one
+# PackedStep, whatever loss_agg) and both logprob passes compile once; each mode compiles
+# only its padded update (measured, load ~3 on 2 cores: setup 40 s, first mode 100 s, each
+# further mode ~38 s; was ~40 s per mode with the packed programs compiled per mode too).
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", losses.AGG_MODES)
 def test_packed_step_equals_padded_step(demo_trainer, mode):
     trainer, groups, start = demo_trainer
