@@ -219,6 +219,14 @@ def _sleep_verifier(cost_s: float):
     return score
 
 
+def _engine_programs() -> int:
+    from prorl_jax.sampling import engine as engine_mod
+
+    return sum(f._cache_size() for f in (engine_mod._prefill, engine_mod._insert,
+                                         engine_mod._decode_block, engine_mod._compact,
+                                         engine_mod._empty_slots))
+
+
 def bench_rl(args) -> None:
     """Static vs continuous engine on an RL-shaped rollout (see the module docstring)."""
     from prorl_jax.sampling import engine as engine_mod
@@ -249,6 +257,7 @@ def bench_rl(args) -> None:
     for engine in ("static", "continuous"):
         # The whole rollout path (sample, decode, score) as the trainer runs it.
         stats = {}
+        compiled = _engine_programs()
         t0, c0 = time.perf_counter(), time.process_time()
         res = sample_and_score(cfg, params, prompts, sp, item=lambda r, t: ("math", t, None),
                                decode=lambda ids: " ".join(map(str, ids)), score=score, seed=0,
@@ -265,7 +274,8 @@ def bench_rl(args) -> None:
             extra = "chunk maxima " + "/".join(str(int(c.max())) for c in chunks)
         else:
             slot_steps, decode_tokens = stats["slot_steps"], stats["decode_tokens"]
-            extra = f"{stats['blocks']} blocks of <= {engine_mod.DEFAULT_STEPS_PER_SYNC} steps"
+            extra = (f"{stats['blocks']} blocks of <= {engine_mod.DEFAULT_STEPS_PER_SYNC} "
+                     f"steps, {_engine_programs() - compiled} programs compiled in the run")
         results[engine] = (res, wall)
         print(f"| {engine} | {useful} | {wall:.1f} | {cpu:.1f} | {useful / wall:,.0f} | "
               f"{decode_tokens / slot_steps:.0%} | {res.time_reward:.2f} s | mean length "
@@ -278,18 +288,30 @@ def bench_rl(args) -> None:
           f"{args.verifier_ms:g} ms x {len(a.texts)} = {args.verifier_ms * len(a.texts) / 1e3:.1f} s",
           flush=True)
     if args.hf_cb:  # transformers' own continuous batching, same model, stops and cap
-        from transformers import GenerationConfig
+        from transformers import ContinuousBatchingConfig, GenerationConfig
 
         gc = GenerationConfig(max_new_tokens=cap, do_sample=True, temperature=1.0, top_k=0,
                               top_p=1.0, eos_token_id=[0, 1, 2, 3], pad_token_id=0,
                               num_return_sequences=n)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            hf_out = model.generate_batch(prompts, generation_config=gc, progress_bar=False)
-        hf_wall = time.perf_counter() - t0
-        hf_tokens = sum(len(v.generated_tokens) for v in hf_out.values())
-        print(f"| transformers generate_batch | {hf_tokens} | {hf_wall:.1f} | - | "
-              f"{hf_tokens / hf_wall:,.0f} | - | - | {len(hf_out)} rows (own random streams) |")
+        # Its paged cache under the same KV budget and as many rows at once as our slots.
+        page = 32
+        cb = ContinuousBatchingConfig(page_size=page, num_blocks=budget // page,
+                                      max_requests_per_batch=kv_rows, max_batch_tokens=slot_len,
+                                      use_cuda_graph=False, seed=0)
+
+        def hf_run(ps):
+            with torch.inference_mode():
+                return model.generate_batch(ps, generation_config=gc,
+                                            continuous_batching_config=cb, progress_bar=False)
+        hf_run(warm[:4])  # its first-call set-up, outside the timing as ours
+        t0, c0 = time.perf_counter(), time.process_time()
+        hf_out = hf_run(prompts)
+        hf_wall, hf_cpu = time.perf_counter() - t0, time.process_time() - c0
+        hf_lengths = np.array([len(v.generated_tokens) for v in hf_out.values()])
+        hf_tokens = int(hf_lengths.sum())
+        print(f"| transformers generate_batch | {hf_tokens} | {hf_wall:.1f} | {hf_cpu:.1f} | "
+              f"{hf_tokens / hf_wall:,.0f} | - | - | {len(hf_out)} rows, mean length "
+              f"{hf_lengths.mean():.0f} (own random streams), scored after |")
         print(f"# continuous / transformers generate_batch useful tok/s: "
               f"{(int(b.lengths.sum()) / results['continuous'][1]) / (hf_tokens / hf_wall):.2f}x",
               flush=True)
