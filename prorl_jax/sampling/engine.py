@@ -34,7 +34,7 @@ count, the refill order, the mesh or the engine.
 
 Programs: one prefill and one insert program per group-size bucket (powers of two up to
 bucket(B / n)), one decode-block program per (width bucket, slot count in
-tail_sizes(B)), one compaction program per tail size, per (B, T, M, steps_per_sync,
+tail_sizes(B)), one compaction program per pair of tail sizes (from, to), per (B, T, M, steps_per_sync,
 strategy fields, stop-id count bucket, mesh, layout). A trainer calling every step with the
 same settings reuses them.
 """
@@ -323,9 +323,10 @@ def _decode_block(cfg: ModelConfig, params, state: _Slots, seed, strategy: Strat
 
 def tail_sizes(slots: int, shards: int = 1) -> list[int]:
     """The slot counts the tail is compacted to: `slots`, then powers of two and 1.5 x
-    powers of two below it (64, 48, 32, 24, ...), rounded up to the batch shards. A
-    ratio of 3/4 between sizes keeps the tail's slots ~87% busy as its rows finish
-    (powers of two alone: ~72%), for about twice as many programs."""
+    powers of two below it (64, 48, 32, 24, ...), rounded up to the batch shards. With
+    memoryless lengths the live count decays exponentially, so sizes r apart keep the
+    tail's slots busy (1 - r) / ln(1 / r) of the time: ~87% at r = 3/4, ~72% with powers
+    of two alone, for about twice as many programs."""
     out, p = {slots}, 1
     while p < slots:
         out.update(-(-x // shards) * shards for x in (p, 3 * p // 2) if x < slots)
