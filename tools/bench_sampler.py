@@ -250,11 +250,15 @@ def bench_rl(args) -> None:
           f"1, {len(prompts)} prompts x n={n}, cap {cap}, KV budget {budget} token slots "
           f"({kv_rows} rows); --threads {_THREADS}; load {os.getloadavg()}", flush=True)
     warm = prompts[:16]
-    for engine in ("static", "continuous"):  # compile both engines' programs first
-        pj.generate(cfg, params, warm, sp, seed=1, max_batch_tokens=budget, engine=engine)
+    engines = args.rl_engines.split(",")
+    for engine in engines:  # compile both engines' programs first
+        # --rl-warm full: the whole workload at another seed, so that the timed run meets
+        # (almost) no new program, as a trainer's later steps do not.
+        pj.generate(cfg, params, prompts if args.rl_warm == "full" else warm, sp, seed=1,
+                    max_batch_tokens=budget, engine=engine)
     score = _sleep_verifier(args.verifier_ms / 1e3)
     results = {}
-    for engine in ("static", "continuous"):
+    for engine in engines:
         # The whole rollout path (sample, decode, score) as the trainer runs it.
         stats = {}
         compiled = _engine_programs()
@@ -280,6 +284,9 @@ def bench_rl(args) -> None:
         print(f"| {engine} | {useful} | {wall:.1f} | {cpu:.1f} | {useful / wall:,.0f} | "
               f"{decode_tokens / slot_steps:.0%} | {res.time_reward:.2f} s | mean length "
               f"{res.lengths.mean():.0f}, {extra} |", flush=True)
+    if len(results) < 2:
+        print(f"# load after: {os.getloadavg()}")
+        return
     a, b = results["static"][0], results["continuous"][0]
     same = np.array_equal(a.tokens, b.tokens) and np.array_equal(a.lengths, b.lengths)
     print(f"# continuous / static useful tok/s: {results['static'][1] / results['continuous'][1]:.2f}x;"
@@ -336,6 +343,11 @@ def main(argv=None) -> None:
     ap.add_argument("--rl-prompts", type=int, default=64, help="--workload rl: prompts")
     ap.add_argument("--verifier-ms", type=float, default=20.0,
                     help="--workload rl: verifier cost per completion in ms")
+    ap.add_argument("--rl-engines", default="static,continuous",
+                    help="--workload rl: engines to run, in this order")
+    ap.add_argument("--rl-warm", choices=("16", "full"), default="16",
+                    help="--workload rl: warm up on 16 prompts, or on the whole workload at "
+                         "another seed (no compiles in the timed run)")
     ap.add_argument("--hf-cb", action="store_true",
                     help="--workload rl: also run transformers' model.generate_batch")
     args = ap.parse_args(argv)

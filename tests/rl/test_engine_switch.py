@@ -1,8 +1,10 @@
 """The continuous engine in the trainer: the demo run's metrics equal the static engine's,
-and a multi-step run compiles a bounded set of sampler programs that later steps reuse.
+and multi-step runs compile no more sampler programs than the structural bound, which
+does not grow with the steps (runs on other data meet other lengths, and stay within it).
 
-Both run in this process (the trainer's own programs compile once and serve every run),
-on the shipped demo config cut to two short steps."""
+All runs are in this process, on the shipped demo config cut to two short steps (in CI
+this replaced two `prorl-jax train` subprocesses and a six-step run: ~8 min -> 95 CPU s,
+5.8 min wall at load ~16)."""
 
 import pytest
 
