@@ -252,9 +252,11 @@ def bench_rl(args) -> None:
     warm = prompts[:16]
     engines = args.rl_engines.split(",")
     for engine in engines:  # compile both engines' programs first
-        # --rl-warm full: the whole workload at another seed, so that the timed run meets
-        # (almost) no new program, as a trainer's later steps do not.
-        pj.generate(cfg, params, prompts if args.rl_warm == "full" else warm, sp, seed=1,
+        # --rl-warm full: the continuous engine runs the whole workload at another seed,
+        # so that the timed run meets (almost) no new program, as a trainer's later steps
+        # do not (the static engine has one program, which 16 prompts compile).
+        full = args.rl_warm == "full" and engine == "continuous"
+        pj.generate(cfg, params, prompts if full else warm, sp, seed=1,
                     max_batch_tokens=budget, engine=engine)
     score = _sleep_verifier(args.verifier_ms / 1e3)
     results = {}
@@ -346,8 +348,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rl-engines", default="static,continuous",
                     help="--workload rl: engines to run, in this order")
     ap.add_argument("--rl-warm", choices=("16", "full"), default="16",
-                    help="--workload rl: warm up on 16 prompts, or on the whole workload at "
-                         "another seed (no compiles in the timed run)")
+                    help="--workload rl: warm up on 16 prompts, or (continuous engine) on "
+                         "the whole workload at another seed (no compiles in the timed run)")
     ap.add_argument("--hf-cb", action="store_true",
                     help="--workload rl: also run transformers' model.generate_batch")
     args = ap.parse_args(argv)
