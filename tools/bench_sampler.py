@@ -286,16 +286,14 @@ def bench_rl(args) -> None:
         print(f"| {engine} | {useful} | {wall:.1f} | {cpu:.1f} | {useful / wall:,.0f} | "
               f"{decode_tokens / slot_steps:.0%} | {res.time_reward:.2f} s | mean length "
               f"{res.lengths.mean():.0f}, {extra} |", flush=True)
-    if len(results) < 2:
-        print(f"# load after: {os.getloadavg()}")
-        return
-    a, b = results["static"][0], results["continuous"][0]
-    same = np.array_equal(a.tokens, b.tokens) and np.array_equal(a.lengths, b.lengths)
-    print(f"# continuous / static useful tok/s: {results['static'][1] / results['continuous'][1]:.2f}x;"
-          f" identical tokens and lengths: {same}, scores: {np.array_equal(a.scores, b.scores)};"
-          f" max |logprob diff| {float(np.abs(a.logprobs - b.logprobs).max()):.1e}; verifier "
-          f"{args.verifier_ms:g} ms x {len(a.texts)} = {args.verifier_ms * len(a.texts) / 1e3:.1f} s",
-          flush=True)
+    if len(results) == 2:
+        a, b = results["static"][0], results["continuous"][0]
+        same = np.array_equal(a.tokens, b.tokens) and np.array_equal(a.lengths, b.lengths)
+        print(f"# continuous / static useful tok/s: {results['static'][1] / results['continuous'][1]:.2f}x;"
+              f" identical tokens and lengths: {same}, scores: {np.array_equal(a.scores, b.scores)};"
+              f" max |logprob diff| {float(np.abs(a.logprobs - b.logprobs).max()):.1e}; verifier "
+              f"{args.verifier_ms:g} ms x {len(a.texts)} = {args.verifier_ms * len(a.texts) / 1e3:.1f} s",
+              flush=True)
     if args.hf_cb:  # transformers' own continuous batching, same model, stops and cap
         from transformers import ContinuousBatchingConfig, GenerationConfig
 
@@ -313,6 +311,7 @@ def bench_rl(args) -> None:
                 return model.generate_batch(ps, generation_config=gc,
                                             continuous_batching_config=cb, progress_bar=False)
         hf_run(warm[:4])  # its first-call set-up, outside the timing as ours
+        ours = results["continuous"][0]
         t0, c0 = time.perf_counter(), time.process_time()
         hf_out = hf_run(prompts)
         hf_wall, hf_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -322,7 +321,7 @@ def bench_rl(args) -> None:
               f"{hf_tokens / hf_wall:,.0f} | - | - | {len(hf_out)} rows, mean length "
               f"{hf_lengths.mean():.0f} (own random streams), scored after |")
         print(f"# continuous / transformers generate_batch useful tok/s: "
-              f"{(int(b.lengths.sum()) / results['continuous'][1]) / (hf_tokens / hf_wall):.2f}x",
+              f"{(int(ours.lengths.sum()) / results['continuous'][1]) / (hf_tokens / hf_wall):.2f}x",
               flush=True)
     print(f"# load after: {os.getloadavg()}")
 
