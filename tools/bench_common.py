@@ -11,6 +11,17 @@ runtimes end up with the same N cores. (The XLA flag --xla_cpu_multi_thread_eige
 from __future__ import annotations
 
 import os
+import time
+
+
+def best_time(fn, repeats: int) -> float:
+    """The fastest of `repeats` wall-clock runs of fn() (seconds): the least disturbed."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def threads_from_argv(argv, default: int | None = None) -> int:

@@ -74,26 +74,17 @@ R1_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_
                tie_word_embeddings=False)
 
 
-def _best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def measure_machine(repeats: int = 5) -> dict:
     """Copy bandwidth (bytes read + written per second) and float32 matmul FLOP/s."""
     src = np.ones(64 * 2**20, np.float32)  # 256 MiB: far beyond the caches
     dst = np.empty_like(src)
-    copy_s = _best_time(lambda: np.copyto(dst, src), repeats)
+    copy_s = bench_common.best_time(lambda: np.copyto(dst, src), repeats)
     x = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
     mm = jax.jit(lambda a: a @ a)
     mm(x).block_until_ready()
-    jax_s = _best_time(lambda: mm(x).block_until_ready(), repeats)
+    jax_s = bench_common.best_time(lambda: mm(x).block_until_ready(), repeats)
     t = torch.randn(2048, 2048)
-    torch_s = _best_time(lambda: t @ t, repeats)
+    torch_s = bench_common.best_time(lambda: t @ t, repeats)
     flops = 2 * 2048**3
     return {"bandwidth": 2 * src.nbytes / copy_s, "flops": flops / min(jax_s, torch_s),
             "flops_jax": flops / jax_s, "flops_torch": flops / torch_s}
@@ -219,6 +210,14 @@ def _sleep_verifier(cost_s: float):
     return score
 
 
+def _engine_programs() -> int:
+    from prorl_jax.sampling import engine as engine_mod
+
+    return sum(f._cache_size() for f in (engine_mod._prefill, engine_mod._insert,
+                                         engine_mod._decode_block, engine_mod._compact,
+                                         engine_mod._empty_slots))
+
+
 def bench_rl(args) -> None:
     """Static vs continuous engine on an RL-shaped rollout (see the module docstring)."""
     from prorl_jax.sampling import engine as engine_mod
@@ -242,13 +241,20 @@ def bench_rl(args) -> None:
           f"1, {len(prompts)} prompts x n={n}, cap {cap}, KV budget {budget} token slots "
           f"({kv_rows} rows); --threads {_THREADS}; load {os.getloadavg()}", flush=True)
     warm = prompts[:16]
-    for engine in ("static", "continuous"):  # compile both engines' programs first
-        pj.generate(cfg, params, warm, sp, seed=1, max_batch_tokens=budget, engine=engine)
+    engines = args.rl_engines.split(",")
+    for engine in engines:  # compile both engines' programs first
+        # --rl-warm full: the continuous engine runs the whole workload at another seed,
+        # so that the timed run meets (almost) no new program, as a trainer's later steps
+        # do not (the static engine has one program, which 16 prompts compile).
+        full = args.rl_warm == "full" and engine == "continuous"
+        pj.generate(cfg, params, prompts if full else warm, sp, seed=1,
+                    max_batch_tokens=budget, engine=engine)
     score = _sleep_verifier(args.verifier_ms / 1e3)
     results = {}
-    for engine in ("static", "continuous"):
+    for engine in engines:
         # The whole rollout path (sample, decode, score) as the trainer runs it.
         stats = {}
+        compiled = _engine_programs()
         t0, c0 = time.perf_counter(), time.process_time()
         res = sample_and_score(cfg, params, prompts, sp, item=lambda r, t: ("math", t, None),
                                decode=lambda ids: " ".join(map(str, ids)), score=score, seed=0,
@@ -265,33 +271,48 @@ def bench_rl(args) -> None:
             extra = "chunk maxima " + "/".join(str(int(c.max())) for c in chunks)
         else:
             slot_steps, decode_tokens = stats["slot_steps"], stats["decode_tokens"]
-            extra = f"{stats['blocks']} blocks of <= {engine_mod.DEFAULT_STEPS_PER_SYNC} steps"
+            extra = (f"{stats['blocks']} blocks of <= {engine_mod.DEFAULT_STEPS_PER_SYNC} "
+                     f"steps, {_engine_programs() - compiled} programs compiled in the run")
         results[engine] = (res, wall)
         print(f"| {engine} | {useful} | {wall:.1f} | {cpu:.1f} | {useful / wall:,.0f} | "
               f"{decode_tokens / slot_steps:.0%} | {res.time_reward:.2f} s | mean length "
               f"{res.lengths.mean():.0f}, {extra} |", flush=True)
-    a, b = results["static"][0], results["continuous"][0]
-    same = np.array_equal(a.tokens, b.tokens) and np.array_equal(a.lengths, b.lengths)
-    print(f"# continuous / static useful tok/s: {results['static'][1] / results['continuous'][1]:.2f}x;"
-          f" identical tokens and lengths: {same}, scores: {np.array_equal(a.scores, b.scores)};"
-          f" max |logprob diff| {float(np.abs(a.logprobs - b.logprobs).max()):.1e}; verifier "
-          f"{args.verifier_ms:g} ms x {len(a.texts)} = {args.verifier_ms * len(a.texts) / 1e3:.1f} s",
-          flush=True)
+    if len(results) == 2:
+        a, b = results["static"][0], results["continuous"][0]
+        same = np.array_equal(a.tokens, b.tokens) and np.array_equal(a.lengths, b.lengths)
+        print(f"# continuous / static useful tok/s: {results['static'][1] / results['continuous'][1]:.2f}x;"
+              f" identical tokens and lengths: {same}, scores: {np.array_equal(a.scores, b.scores)};"
+              f" max |logprob diff| {float(np.abs(a.logprobs - b.logprobs).max()):.1e}; verifier "
+              f"{args.verifier_ms:g} ms x {len(a.texts)} = {args.verifier_ms * len(a.texts) / 1e3:.1f} s",
+              flush=True)
     if args.hf_cb:  # transformers' own continuous batching, same model, stops and cap
-        from transformers import GenerationConfig
+        from transformers import ContinuousBatchingConfig, GenerationConfig
 
         gc = GenerationConfig(max_new_tokens=cap, do_sample=True, temperature=1.0, top_k=0,
                               top_p=1.0, eos_token_id=[0, 1, 2, 3], pad_token_id=0,
                               num_return_sequences=n)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            hf_out = model.generate_batch(prompts, generation_config=gc, progress_bar=False)
-        hf_wall = time.perf_counter() - t0
-        hf_tokens = sum(len(v.generated_tokens) for v in hf_out.values())
-        print(f"| transformers generate_batch | {hf_tokens} | {hf_wall:.1f} | - | "
-              f"{hf_tokens / hf_wall:,.0f} | - | - | {len(hf_out)} rows (own random streams) |")
+        # Its paged cache under the same KV budget and as many rows at once as our slots.
+        page = 32
+        cb = ContinuousBatchingConfig(page_size=page, num_blocks=budget // page,
+                                      max_requests_per_batch=kv_rows, max_batch_tokens=slot_len,
+                                      use_cuda_graph=False, seed=0)
+
+        def hf_run(ps):
+            with torch.inference_mode():
+                return model.generate_batch(ps, generation_config=gc,
+                                            continuous_batching_config=cb, progress_bar=False)
+        hf_run(warm[:4])  # its first-call set-up, outside the timing as ours
+        ours = results["continuous"][0]
+        t0, c0 = time.perf_counter(), time.process_time()
+        hf_out = hf_run(prompts)
+        hf_wall, hf_cpu = time.perf_counter() - t0, time.process_time() - c0
+        hf_lengths = np.array([len(v.generated_tokens) for v in hf_out.values()])
+        hf_tokens = int(hf_lengths.sum())
+        print(f"| transformers generate_batch | {hf_tokens} | {hf_wall:.1f} | {hf_cpu:.1f} | "
+              f"{hf_tokens / hf_wall:,.0f} | - | - | {len(hf_out)} rows, mean length "
+              f"{hf_lengths.mean():.0f} (own random streams), scored after |")
         print(f"# continuous / transformers generate_batch useful tok/s: "
-              f"{(int(b.lengths.sum()) / results['continuous'][1]) / (hf_tokens / hf_wall):.2f}x",
+              f"{(int(ours.lengths.sum()) / results['continuous'][1]) / (hf_tokens / hf_wall):.2f}x",
               flush=True)
     print(f"# load after: {os.getloadavg()}")
 
@@ -314,6 +335,11 @@ def main(argv=None) -> None:
     ap.add_argument("--rl-prompts", type=int, default=64, help="--workload rl: prompts")
     ap.add_argument("--verifier-ms", type=float, default=20.0,
                     help="--workload rl: verifier cost per completion in ms")
+    ap.add_argument("--rl-engines", default="static,continuous",
+                    help="--workload rl: engines to run, in this order")
+    ap.add_argument("--rl-warm", choices=("16", "full"), default="16",
+                    help="--workload rl: warm up on 16 prompts, or (continuous engine) on "
+                         "the whole workload at another seed (no compiles in the timed run)")
     ap.add_argument("--hf-cb", action="store_true",
                     help="--workload rl: also run transformers' model.generate_batch")
     args = ap.parse_args(argv)

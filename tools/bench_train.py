@@ -92,22 +92,14 @@ OPTIM = OptimConfig(lr=2e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad
 
 def measure_peak(n: int, repeats: int = 5) -> dict:
     """float32 matmul FLOP/s of an n x n x n product, JAX and torch (best of `repeats`)."""
-    def best(fn):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
     x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     mm = jax.jit(lambda a: jnp.dot(a, a))
     mm(x).block_until_ready()
     t = torch.randn(n, n)
     t @ t
     flops = 2 * n**3
-    jax_rate = flops / best(lambda: mm(x).block_until_ready())
-    torch_rate = flops / best(lambda: t @ t)
+    jax_rate = flops / bench_common.best_time(lambda: mm(x).block_until_ready(), repeats)
+    torch_rate = flops / bench_common.best_time(lambda: t @ t, repeats)
     return {"peak": max(jax_rate, torch_rate), "jax": jax_rate, "torch": torch_rate}
 
 

@@ -138,6 +138,7 @@ def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
     Returns:
       PromptResult per encoded prompt, in input order (skipped prompts are left out).
     """
+    from prorl_jax.sampling import decode_params
     from prorl_jax.sampling.scoring import sample_and_score
     from prorl_jax.sampling.settings import DEFAULT_STEPS_PER_SYNC
 
@@ -145,6 +146,7 @@ def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
         raise EvalError(f"batch_prompts must be >= 1, got {batch_prompts}")
     n = sampling.n
     out_results: list[PromptResult] = []
+    policy = decode_params(model_cfg, params, mesh=mesh)  # once for every batch
     for start in range(0, len(records), batch_prompts):
         chunk = list(records[start:start + batch_prompts])
         encoded = [(r, encode(r)) for r in chunk]
@@ -160,7 +162,8 @@ def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
                 decode=decode, score=_scorer(score),
                 seed=batch_seed(seed, [str(r.id) for r, _ in kept]), mesh=mesh,
                 max_batch_tokens=max_batch_tokens or None, engine=engine,
-                decode_slots=decode_slots, steps_per_sync=steps_per_sync or DEFAULT_STEPS_PER_SYNC)
+                decode_slots=decode_slots, steps_per_sync=steps_per_sync or DEFAULT_STEPS_PER_SYNC,
+                decode_params=policy)
             lengths = [int(x) for x in gen.lengths]
             finished = [bool(x) for x in gen.finished]
             texts = gen.texts

@@ -94,9 +94,10 @@ PROJ_IN_NDIM = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
 class Proj(nn.Module):
     """A linear map written as one einsum, with an optional bias over the output dims.
 
-    The kernel is input-major ("kernel" [in..., out...]) as stored and trained, or, in the
-    decode layout (`decode_layout`), output-major ("kernel_out_major" [out..., in...]),
-    which `out_major_dot` multiplies faster at decode batch sizes on XLA:CPU.
+    The kernel is input-major ("kernel" [in..., out...]) as stored and trained, or, with
+    out_major (the "decode" layout, `decode_layout`), output-major ("kernel_out_major"
+    [out..., in...]), which `out_major_dot` multiplies faster at decode batch sizes on
+    XLA:CPU. The layout is the caller's static choice, never read off the params.
     """
 
     eqn: str
@@ -105,11 +106,12 @@ class Proj(nn.Module):
     bias_ndim: int  # 0 = no bias; else the bias covers the kernel's last bias_ndim dims
     dtype: Any
     param_dtype: Any
+    out_major: bool = False
 
     @nn.compact
     def __call__(self, x):
         init = nn.initializers.normal(_INIT_STD)
-        if self.has_variable("params", "kernel_out_major"):
+        if self.out_major:
             n_in = PROJ_IN_NDIM[self.name]
             w = _param(self, "kernel_out_major", init, self.shape[n_in:] + self.shape[:n_in],
                        self.axes[n_in:] + self.axes[:n_in], self.param_dtype)
@@ -158,6 +160,7 @@ def _rope(x, sin, cos):
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    out_major: bool = False  # the "decode" layout's kernels (Proj.out_major)
 
     @nn.compact
     def __call__(self, x, sin, cos, mask, kv, layer, index):
@@ -174,7 +177,7 @@ class Attention(nn.Module):
         D, N, K, H = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         G = N // K
         bias = 2 if cfg.attention_bias else 0
-        proj = functools.partial(Proj, dtype=dt, param_dtype=pdt)
+        proj = functools.partial(Proj, dtype=dt, param_dtype=pdt, out_major=self.out_major)
         q = proj("BTD,DNH->BTNH", (D, N, H), ("embed", "q_heads", "head_dim"), bias, name="q")(x)
         k = proj("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"), bias, name="k")(x)
         v = proj("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"), bias, name="v")(x)
@@ -263,13 +266,14 @@ def _write_cache_rows(k_c, v_c, k, v, layer, index):
 
 class MLP(nn.Module):
     cfg: ModelConfig
+    out_major: bool = False  # the "decode" layout: gate_up_out_major / down_out_major
 
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
         D, F = cfg.hidden_size, cfg.intermediate_size
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
-        if self.has_variable("params", "gate_up_out_major"):
+        if self.out_major:
             return self._decode_layout(x, D, F, dt, pdt)
         proj = functools.partial(Proj, dtype=dt, param_dtype=pdt, bias_ndim=0)
         gate = proj("BTD,DF->BTF", (D, F), ("embed", "mlp"), name="gate")(x)
@@ -299,6 +303,7 @@ class Block(nn.Module):
     """
 
     cfg: ModelConfig
+    out_major: bool = False  # the "decode" layout (see decode_layout)
 
     @nn.compact
     def __call__(self, carry, layer, sin, cos, mask, index):
@@ -307,11 +312,12 @@ class Block(nn.Module):
         x, kv = carry
         with jax.named_scope("attn"):
             h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="attn_norm")(x)
-            h, kv = Attention(cfg, name="attn")(h, sin, cos, mask, kv, layer, index)
+            h, kv = Attention(cfg, self.out_major, name="attn")(h, sin, cos, mask, kv, layer,
+                                                                index)
             x = x + h
         with jax.named_scope("mlp"):
             h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="mlp_norm")(x)
-            x = x + MLP(cfg, name="mlp")(h)
+            x = x + MLP(cfg, self.out_major, name="mlp")(h)
         return (sharding.constrain(x, ("batch", "seq", "act_embed")), kv), None
 
 
@@ -331,6 +337,7 @@ class Qwen(nn.Module):
 
     cfg: ModelConfig
     split_layers: bool = False
+    out_major: bool = False  # the "decode" layout (requires split_layers)
 
     @nn.compact
     def __call__(self, tokens, positions, mask, kv, index):
@@ -360,7 +367,7 @@ class Qwen(nn.Module):
             new_k, new_v = [], []
             for i in range(cfg.num_hidden_layers):
                 layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-                (x, layer_kv), _ = block(cfg, name=f"layers_{i}")(
+                (x, layer_kv), _ = block(cfg, self.out_major, name=f"layers_{i}")(
                     (x, layer_kv), None, sin, cos, mask, index)
                 if layer_kv is not None:
                     new_k.append(layer_kv[0])
@@ -371,7 +378,7 @@ class Qwen(nn.Module):
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, name="layers")
+            )(cfg, self.out_major, name="layers")
             (x, new_kv), _ = layers((x, kv), jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32),
                                     sin, cos, mask, index)
         x = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
@@ -512,14 +519,24 @@ def stack_cache(cache: KVCache) -> KVCache:
     return cache.replace(k=jnp.stack(cache.k), v=jnp.stack(cache.v))
 
 
-def unembed_matrix(cfg: ModelConfig, params: Params) -> jax.Array:
-    """The lm head [D, V] (the embedding transposed when tied), in cfg.param_dtype."""
+def unembed_matrix(cfg: ModelConfig, params: Params, layout: str = "train") -> jax.Array:
+    """The lm head [D, V] (the embedding transposed when tied), in cfg.param_dtype, of
+    params in `layout` ("train", or "decode" for decode_layout's)."""
     head = params.get("lm_head", {})
-    if "kernel_out_major" in head:
+    if _check_layout(layout) == "decode":
         return head["kernel_out_major"].T
     if cfg.tie_word_embeddings:
         return params["embed"]["embedding"].T
     return head["kernel"]
+
+
+LAYOUTS = ("train", "decode")  # weight layouts forward runs on (a static choice)
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
 
 
 def decode_layout(cfg: ModelConfig, params: Params) -> Params:
@@ -527,9 +544,9 @@ def decode_layout(cfg: ModelConfig, params: Params) -> Params:
 
     Every projection kernel [in..., out...] becomes "kernel_out_major" [out..., in...] and
     the lm head becomes {"kernel_out_major": [V, D]} (the embedding itself when tied);
-    `forward` then computes those products as `out_major_dot`. Layers are split as in
-    `split_layers`, so the cache must be split too. Make it once per decode loop, outside
-    it: it is a transposed copy of every matrix.
+    `forward(..., layout="decode")` then computes those products as `out_major_dot`.
+    Layers are split as in `split_layers`, so the cache must be split too. Make it once
+    per policy version, outside the decode loop: it is a transposed copy of every matrix.
     """
     def out_major(group: dict) -> dict:
         group = dict(group)
@@ -561,10 +578,11 @@ def _rules_key():
     return mesh, tuple(sorted(rules.items(), key=lambda kv: kv[0]))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "rules_key", "want_logits"))
+@functools.partial(jax.jit, static_argnames=("cfg", "rules_key", "want_logits", "layout"))
 def _run(cfg, params, tokens, attention_mask, positions, cache, segment_ids, *, rules_key,
-         want_logits):
-    args = (cfg, params, tokens, attention_mask, positions, cache, segment_ids, want_logits)
+         want_logits, layout):
+    args = (cfg, params, tokens, attention_mask, positions, cache, segment_ids, want_logits,
+            layout)
     if rules_key is None:
         return _run_traced(*args)
     mesh, rules = rules_key
@@ -583,7 +601,11 @@ def segment_positions(segment_ids):
     return idx - first
 
 
-def _run_traced(cfg, params, tokens, attention_mask, positions, cache, segment_ids, want_logits):
+def _run_traced(cfg, params, tokens, attention_mask, positions, cache, segment_ids, want_logits,
+                layout):
+    out_major = _check_layout(layout) == "decode"
+    if out_major and not _is_split(params):
+        raise ValueError('layout="decode" runs the params of qwen.decode_layout (split layers)')
     B, T = tokens.shape
     mask = jnp.ones((B, T), bool) if attention_mask is None else attention_mask.astype(bool)
     if segment_ids is not None:
@@ -620,7 +642,7 @@ def _run_traced(cfg, params, tokens, attention_mask, positions, cache, segment_i
         # Left padding: each row counts only its real tokens, so row positions are 0, 1, 2, ...
         positions = jnp.maximum(prior[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
 
-    hidden, new_kv = Qwen(cfg, split_layers=_is_split(params)).apply(
+    hidden, new_kv = Qwen(cfg, split_layers=_is_split(params), out_major=out_major).apply(
         _to_flax(params), tokens, positions, attn_mask, kv, index)
     new_cache = None
     if cache is not None:
@@ -628,15 +650,16 @@ def _run_traced(cfg, params, tokens, attention_mask, positions, cache, segment_i
     if not want_logits:
         return hidden, new_cache
     with jax.named_scope("unembed"):
-        logits = sharding.constrain(_logits(cfg, params, hidden), ("batch", "seq", "act_vocab"))
+        logits = sharding.constrain(_logits(cfg, params, hidden, layout),
+                                    ("batch", "seq", "act_vocab"))
     return logits, new_cache
 
 
-def _logits(cfg, params, hidden):
+def _logits(cfg, params, hidden, layout):
     """hidden [B, T, D] -> float32 logits [B, T, V] (output-major in the decode layout)."""
-    head = params.get("lm_head", {})
-    if "kernel_out_major" in head:
-        logits = out_major_dot(hidden, head["kernel_out_major"].astype(hidden.dtype), 1,
+    if layout == "decode":
+        w = params["lm_head"]["kernel_out_major"]  # [V, D]
+        logits = out_major_dot(hidden, w.astype(hidden.dtype), 1,
                                preferred_element_type=jnp.float32)
         return jax.lax.optimization_barrier(logits)
     w = unembed_matrix(cfg, params).astype(hidden.dtype)  # [D, V]
@@ -644,7 +667,7 @@ def _logits(cfg, params, hidden):
 
 
 def forward(cfg: ModelConfig, params: Params, tokens, attention_mask=None, positions=None,
-            cache: KVCache | None = None, segment_ids=None):
+            cache: KVCache | None = None, segment_ids=None, *, layout: str = "train"):
     """Logits of a batch of token sequences.
 
     Args:
@@ -658,21 +681,23 @@ def forward(cfg: ModelConfig, params: Params, tokens, attention_mask=None, posit
       segment_ids: int32 [B, T] for packed rows (no cache): a token attends only to
         earlier tokens of its own segment; id 0 marks padding. Positions then default to
         restarting at 0 in each segment (segment_positions).
+      layout: the params' weight layout, a static choice: "train" (as stored and
+        trained, stacked or split_layers) or "decode" (the params of decode_layout).
     Returns:
       float32 logits [B, T, V]; with a cache, (logits, new_cache).
     Under `sharding.use_rules(mesh, rules)` activations are sharding-constrained.
     """
     logits, new_cache = _run(cfg, params, tokens, attention_mask, positions, cache, segment_ids,
-                             rules_key=_rules_key(), want_logits=True)
+                             rules_key=_rules_key(), want_logits=True, layout=layout)
     return logits if cache is None else (logits, new_cache)
 
 
 def forward_hidden(cfg: ModelConfig, params: Params, tokens, attention_mask=None, positions=None,
-                   cache: KVCache | None = None, segment_ids=None):
+                   cache: KVCache | None = None, segment_ids=None, *, layout: str = "train"):
     """Final-normed hidden states [B, T, D] in cfg.dtype (and the new cache when given).
 
     Same arguments as `forward`; pair with `unembed_matrix` to compute logits in chunks.
     """
     hidden, new_cache = _run(cfg, params, tokens, attention_mask, positions, cache, segment_ids,
-                             rules_key=_rules_key(), want_logits=False)
+                             rules_key=_rules_key(), want_logits=False, layout=layout)
     return hidden if cache is None else (hidden, new_cache)

@@ -125,9 +125,7 @@ class RolloutWorker:
 
     def decode_params(self, params):
         """The sampling-layout params of this policy version (built once per step and
-        shared by its generation batches), or None for the static engine."""
-        if self.cfg.sampling.engine != "continuous":
-            return None
+        shared by its generation batches, with either engine)."""
         from prorl_jax.sampling import decode_params
 
         return decode_params(self.model_cfg, params, mesh=self.mesh)

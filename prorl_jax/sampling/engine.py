@@ -13,25 +13,28 @@ Host loop (generate_stream):
      logits). Samples that find no free slot are inserted at a later sync from the kept
      prefill group, which is dropped once all its rows are placed.
   2. dispatch a decode block (`_decode_block`): up to `steps_per_sync` steps in one
-     jitted while_loop, ending early when every slot is done. A row stops at a stop
-     token or when it has M tokens; its slot is free at the next sync. Attention reads
+     jitted while_loop, ending early when every slot is done, or, while rows are pending,
+     once slots / REFILL_FRACTION rows have finished (so finished slots do not idle to
+     the block's end). A row stops at a stop token or when it has M tokens; its slot is
+     free at the next sync. Attention reads
      only the first T + width slots, width the longest live row plus the block's steps,
      rounded up to a power of two (so a handful of programs), not all S.
   3. read the block's small outputs (steps, done flags, the block's tokens), decide the
      next inserts and dispatch them with the next block BEFORE assembling the finished
      rows, so the device decodes while the host hands rows to the caller (who may be
      decoding text and scoring rewards on them).
-  4. the tail: once every row is placed and at most half the slots are live, the live
-     slots are gathered into a state of half the size or less (`_compact`), so the last
-     long rows do not step a batch of idle slots.
+  4. the tail: once every row is placed, the live slots are gathered into a smaller
+     state (`_compact`) each time they fit the next of `tail_sizes` (sizes 3/4 apart),
+     and each tail block ends as soon as they do, so the last long rows do not step a
+     batch of idle slots.
 
 Randomness: row r's token at its own step t draws from fold_in(fold_in(key(seed), r), t),
 exactly as in the static engine, so the output for a seed does not depend on the slot
 count, the refill order, the mesh or the engine.
 
 Programs: one prefill and one insert program per group-size bucket (powers of two up to
-bucket(B / n)), one decode-block program per (width bucket, slot count after compaction:
-B, B/2, ...), one compaction program per slot count, per (B, T, M, steps_per_sync,
+bucket(B / n)), one decode-block program per (width bucket, slot count in
+tail_sizes(B)), one compaction program per pair of tail sizes (from, to), per (B, T, M, steps_per_sync,
 strategy fields, stop-id count bucket, mesh, layout). A trainer calling every step with the
 same settings reuses them.
 """
@@ -54,22 +57,31 @@ from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
 from prorl_jax.rl.logprobs import token_logprobs  # the trainer's function: one graph
 from prorl_jax.sampling import sampler
-from prorl_jax.sampling.sampler import (
+from prorl_jax.sampling.sampler import (  # noqa: F401 (the layout helpers re-exported)
     MIN_PROMPT_BUCKET,
     PAD_TOKEN,
     GenerationOutput,
     PromptError,
+    _layout_params,
     bucket,
+    check_layout,
+    decode_params,
+    default_layout,
 )
 from prorl_jax.sampling.settings import (
     DEFAULT_STEPS_PER_SYNC,
-    LAYOUTS,
     EngineError,
     check_engine_settings,
 )
 from prorl_jax.sampling.strategies import SamplingParams, Strategy, strategy_for
 
 MIN_WIDTH_BUCKET = 16  # smallest generated-slot window a decode block attends over
+# While rows are pending, a block ends once slots // REFILL_FRACTION of its rows have
+# finished (or after steps_per_sync steps). A finished slot idles until its block ends,
+# on average half the time the block takes to retire that many rows, so about
+# 1 / (2 * REFILL_FRACTION) of the slot-steps; blocks still run ~8 steps at RL lengths
+# (64 slots, mean length ~130), so host syncs stay a small cost.
+REFILL_FRACTION = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +112,6 @@ class _Slots:
     last: jax.Array  # int32 [B] token written at step - 1
     done: jax.Array  # bool [B]
     finished: jax.Array  # bool [B] a stop token ended the row
-
-
-def default_layout(mesh=None) -> str:
-    """The weight layout decode steps run on: output-major `qwen.decode_layout` on CPU
-    (measured faster there, docs/performance.md), the training layout elsewhere (the
-    decode layout is a second copy of every matrix and was not measured on GPU/TPU)."""
-    device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
-    return "decode" if device.platform == "cpu" else "train"
 
 
 def _rules(mesh):
@@ -249,8 +253,14 @@ def _compact(state: _Slots, keep, *, split: bool, mesh=None) -> _Slots:
 @functools.partial(jax.jit, static_argnames=("cfg", "width", "steps", "max_new", "split",
                                              "mesh"), donate_argnames=("state",))
 def _decode_block(cfg: ModelConfig, params, state: _Slots, seed, strategy: Strategy, stop_ids,
-                  *, width: int, steps: int, max_new: int, split: bool, mesh=None):
+                  retire, keep, *, width: int, steps: int, max_new: int, split: bool,
+                  mesh=None):
     """Up to `steps` decode steps of every live slot, attending over slots [0, width).
+
+    The block also ends (after at least one step) once `retire` (int32 []) rows have
+    finished in it, or once at most `keep` (int32 []) slots are still decoding: the host
+    then refills the finished rows' slots, or compacts the tail, without the finished
+    slots idling to the end of the block. Both are runtime values (no recompile).
 
     Returns:
       (state, info): info = (step int32 [B], done bool [B], finished bool [B],
@@ -268,15 +278,20 @@ def _decode_block(cfg: ModelConfig, params, state: _Slots, seed, strategy: Strat
             cache = full
         row_keys = _row_keys(seed, state.row)
         batch = state.row.shape[0]
+        was_done = state.done
 
         def cond(carry):
             j, st, _, _ = carry
-            return (j < steps) & ~jnp.all(st.done)
+            retired = jnp.sum(st.done & ~was_done)
+            decoding = jnp.sum(~st.done)
+            early = (j > 0) & ((retired >= retire) | (decoding <= keep))
+            return (j < steps) & ~jnp.all(st.done) & ~early
 
         def body(carry):
             j, st, toks, lps = carry
             with jax.named_scope("decode_step"):
-                logits, new_cache = qwen.forward(cfg, params, st.last[:, None], cache=st.cache)
+                logits, new_cache = qwen.forward(cfg, params, st.last[:, None], cache=st.cache,
+                                                 layout="decode" if split else "train")
             live = ~st.done
             tok, lp, stop = _pick(strategy, logits[:, 0], row_keys, st.step, live, stop_ids)
             step = st.step + live.astype(jnp.int32)
@@ -307,22 +322,17 @@ def _decode_block(cfg: ModelConfig, params, state: _Slots, seed, strategy: Strat
         return st, (st.step, st.done, st.finished, toks, lps)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "layout"))
-def _layout_params(cfg: ModelConfig, params, layout: str):
-    return qwen.decode_layout(cfg, params) if layout == "decode" else params
-
-
-def decode_params(cfg: ModelConfig, params, layout: str | None = None, mesh=None):
-    """The params in the layout decode blocks run on ("decode": qwen.decode_layout, a
-    transposed copy of every matrix; "train": the params as they are). Build it once per
-    policy version and pass it to generate/generate_stream as `decode_params`."""
-    layout = layout or default_layout(mesh)
-    if layout not in LAYOUTS:
-        raise EngineError(f"sampling layout must be one of {LAYOUTS}, got {layout!r}")
-    if mesh is not None:
-        params = jax.device_put(params, shd.shardings_for(
-            qwen.param_axes(cfg), mesh, shd.SAMPLE_RULES, shapes=params))
-    return _layout_params(cfg, params, layout) if layout == "decode" else params
+def tail_sizes(slots: int, shards: int = 1) -> list[int]:
+    """The slot counts the tail is compacted to: `slots`, then powers of two and 1.5 x
+    powers of two below it (64, 48, 32, 24, ...), rounded up to the batch shards. With
+    memoryless lengths the live count decays exponentially, so sizes r apart keep the
+    tail's slots busy (1 - r) / ln(1 / r) of the time: ~87% at r = 3/4, ~72% with powers
+    of two alone, for about twice as many programs."""
+    out, p = {slots}, 1
+    while p < slots:
+        out.update(-(-x // shards) * shards for x in (p, 3 * p // 2) if x < slots)
+        p *= 2
+    return sorted(out)
 
 
 def num_slots(num_rows: int, slot_len: int, max_batch_tokens: int | None,
@@ -368,16 +378,9 @@ def generate_stream(cfg: ModelConfig, params, prompts, sampling: SamplingParams,
       PromptError, EngineError, UserError as `generate` does, before any device work.
     """
     check_engine_settings("continuous", decode_slots, steps_per_sync)
-    layout = layout or default_layout(mesh)
-    if layout not in LAYOUTS:
-        raise EngineError(f"sampling layout must be one of {LAYOUTS}, got {layout!r}")
-    rows_prompts = sampler._check_prompts(prompts, cfg.vocab_size)
+    layout = check_layout(layout or default_layout(mesh))
     n, new = sampling.n, sampling.max_new_tokens
-    longest = max(len(p) for p in rows_prompts)
-    if longest + new > cfg.max_position_embeddings:
-        raise PromptError(
-            f"longest prompt ({longest}) + max_new_tokens ({new}) exceeds the model's "
-            f"max_position_embeddings ({cfg.max_position_embeddings})")
+    rows_prompts, longest = sampler.checked_prompts(cfg, prompts, new)
     num_prompts = len(rows_prompts)
     num_rows = num_prompts * n
     width = bucket(longest, MIN_PROMPT_BUCKET)  # T, the static engine's prompt bucket
@@ -397,14 +400,13 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
     strategy = strategy_for(sampling, cfg.vocab_size)
     stop_ids = sampler.stop_id_array(sampling.stop_token_ids)
     seed_arr = np.asarray(seed, np.uint32)
-    if mesh is not None:
-        params = jax.device_put(params, shd.shardings_for(
-            qwen.param_axes(cfg), mesh, shd.SAMPLE_RULES, shapes=params))
+    params = sampler.sample_placed(cfg, params, mesh)
     if layout_params is None:
-        layout_params = _layout_params(cfg, params, layout) if split else params
+        layout_params = decode_params(cfg, params, layout, mesh)
     place = functools.partial(sampler._place, mesh)
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     max_group = bucket(-(-slots // n), 2)
+    sizes = tail_sizes(slots, shards)
 
     state = _empty_slots(cfg, slots=slots, length=width + new, split=split, mesh=mesh)
     slot_row = np.full(slots, -1, np.int64)  # host view: the row in each slot, -1 free
@@ -484,20 +486,25 @@ def _stream(cfg, params, rows_prompts, sampling, seed, mesh, slots, steps_per_sy
         live = slot_row >= 0
         if not live.any():
             break
-        # The tail: nothing left to insert and at most half the slots live. Gather the
-        # live slots into a smaller state so the last long rows do not step idle slots.
-        fewer = bucket(int(live.sum()), multiple=shards)
-        if next_row >= num_rows and fewer <= slots // 2:
-            keep = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:fewer]
-            state = _compact(state, place(keep.astype(np.int32), ("batch",)), split=split,
-                             mesh=mesh)
-            slot_row, slot_step, slots = slot_row[keep], slot_step[keep], fewer
-            live = slot_row >= 0
+        if next_row < num_rows:  # end the block once a few slots can be refilled
+            retire, keep = max(1, slots // REFILL_FRACTION), 0
+        else:
+            # The tail: nothing left to insert. Gather the live slots into the smallest
+            # tail size that holds them, so the last long rows do not step idle slots,
+            # and end the next block once they fit the next size down.
+            fewer = min(s for s in sizes if s >= int(live.sum()))
+            if fewer < slots:
+                order = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:fewer]
+                state = _compact(state, place(order.astype(np.int32), ("batch",)),
+                                 split=split, mesh=mesh)
+                slot_row, slot_step, slots = slot_row[order], slot_step[order], fewer
+                live = slot_row >= 0
+            retire, keep = slots + 1, max((s for s in sizes if s < slots), default=0)
         reach = int(slot_step[live].max()) + steps_per_sync - 1  # generated slots written
         window = width + min(new, bucket(reach, MIN_WIDTH_BUCKET))
         state, info = _decode_block(cfg, layout_params, state, seed_arr, strategy, stop_ids,
-                                    width=window, steps=steps_per_sync, max_new=new,
-                                    split=split, mesh=mesh)
+                                    np.int32(retire), np.int32(keep), width=window,
+                                    steps=steps_per_sync, max_new=new, split=split, mesh=mesh)
         counters["blocks"] += 1
         # While the block runs: hand out the previous block's finished rows, and collect
         # token 0 of the rows inserted before this block (ready: the block depends on it).
@@ -534,13 +541,14 @@ def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: 
     engine: "continuous" (this module: decode slots refilled as rows finish) or "static"
     (sampler.generate: chunks run until their longest row stops). For a seed both return
     the same tokens, lengths and finished flags, and logprobs equal up to float rounding.
-    decode_slots, steps_per_sync, decode_params, layout: see generate_stream (continuous
-    engine only).
+    decode_slots, steps_per_sync: see generate_stream (continuous engine only);
+    decode_params, layout: see generate_stream (both engines).
     """
     check_engine_settings(engine, decode_slots, steps_per_sync)
     if engine == "static":
         return sampler.generate(cfg, params, prompts, sampling, seed=seed, mesh=mesh,
-                                max_batch_tokens=max_batch_tokens)
+                                max_batch_tokens=max_batch_tokens, decode_params=decode_params,
+                                layout=layout)
     stream = generate_stream(cfg, params, prompts, sampling, seed=seed, mesh=mesh,
                              max_batch_tokens=max_batch_tokens, decode_slots=decode_slots,
                              steps_per_sync=steps_per_sync, decode_params=decode_params,

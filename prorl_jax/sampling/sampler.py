@@ -8,9 +8,12 @@ ids rounded up to 4, mesh); temperature, top_p, the seed and the stop ids themse
 runtime values.
 
 Prefill is shared: each distinct prompt of a chunk is prefilled once and its cache
-gathered into its n sample rows. The decode loop runs the model on per-layer, output-major
-weights (qwen.decode_layout) and per-layer cache buffers (qwen.split_cache), which the
-loop updates in place; see docs/architecture.md for why.
+gathered into its n sample rows. Decode steps run on the weights of a layout, a static
+choice (`default_layout`): on CPU "decode", per-layer output-major weights
+(qwen.decode_layout) with per-layer cache buffers (qwen.split_cache) that the loop updates
+in place (measured faster on XLA:CPU, see docs/architecture.md); elsewhere "train", the
+params as trained, with no second copy of the weights. `decode_params` builds the layout's
+params; callers that sample many times from one policy version build it once.
 
 Randomness: row r of the output (global index, prompt-major) draws its token at step t from
 fold_in(fold_in(key(seed), r), t). Padding rows, the bucket size, chunking and the mesh
@@ -40,6 +43,7 @@ from prorl_jax.errors import UserError
 from prorl_jax.model import qwen
 from prorl_jax.model.config import ModelConfig
 from prorl_jax.rl.logprobs import token_logprobs  # the trainer's function: one graph
+from prorl_jax.sampling.settings import LAYOUTS, EngineError
 from prorl_jax.sampling.strategies import SamplingParams, Strategy, strategy_for
 
 MIN_PROMPT_BUCKET = 16
@@ -101,6 +105,47 @@ def chunk_rows(num_rows: int, slots_per_row: int, max_batch_tokens: int | None,
     return max(multiple, rows // multiple * multiple)
 
 
+def default_layout(mesh=None) -> str:
+    """The weight layout decode steps run on: "decode" (qwen.decode_layout) on CPU, where
+    its output-major kernels were measured faster (docs/performance.md), "train" on GPU
+    and TPU (the decode layout is a second copy of every matrix, and was not measured
+    there)."""
+    device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
+    return "decode" if device.platform == "cpu" else "train"
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise EngineError(f"sampling layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def sample_placed(cfg: ModelConfig, params, mesh=None):
+    """The params resharded to the SAMPLE_RULES layout under a mesh (no copy without)."""
+    if mesh is None:
+        return params
+    return jax.device_put(params, shd.shardings_for(
+        qwen.param_axes(cfg), mesh, shd.SAMPLE_RULES, shapes=params))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _layout_params(cfg: ModelConfig, params):
+    return qwen.decode_layout(cfg, params)
+
+
+def decode_params(cfg: ModelConfig, params, layout: str | None = None, mesh=None):
+    """The params in the layout decode steps run on ("decode": qwen.decode_layout, a
+    transposed copy of every matrix; "train": the params as they are, placed for sampling
+    under a mesh). Build it once per policy version and pass it to generate /
+    generate_stream as `decode_params` (with the same layout)."""
+    return _decode_params(cfg, params, check_layout(layout or default_layout(mesh)), mesh)
+
+
+def _decode_params(cfg, params, layout, mesh):
+    params = sample_placed(cfg, params, mesh)
+    return _layout_params(cfg, params) if layout == "decode" else params
+
+
 @struct.dataclass
 class _Loop:
     """Decode-loop carry. M = max_new_tokens."""
@@ -115,13 +160,16 @@ class _Loop:
     lengths: jax.Array  # int32 [B]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "mesh"))
-def _sample_chunk(cfg: ModelConfig, params, prompt: jax.Array, prompt_mask: jax.Array,
-                  src: jax.Array, row_ids: jax.Array, active: jax.Array, seed: jax.Array,
-                  strategy: Strategy, stop_ids: jax.Array, max_new_tokens: int, mesh=None):
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "layout", "mesh"))
+def _sample_chunk(cfg: ModelConfig, params, layer_params, prompt: jax.Array,
+                  prompt_mask: jax.Array, src: jax.Array, row_ids: jax.Array, active: jax.Array,
+                  seed: jax.Array, strategy: Strategy, stop_ids: jax.Array, max_new_tokens: int,
+                  layout: str, mesh=None):
     """Prefill the chunk's distinct prompts, then decode all its rows.
 
     Args:
+      params: the params as trained (the prefill runs on them); layer_params: the same
+        weights in `layout` (decode_params), which the decode steps run on.
       prompt: int32 [U, T] left-padded prompt tokens (each distinct prompt of the chunk
         once); prompt_mask int32 [U, T].
       src: int32 [B] the prompt (row of `prompt`) of each output row.
@@ -132,16 +180,16 @@ def _sample_chunk(cfg: ModelConfig, params, prompt: jax.Array, prompt_mask: jax.
     Returns:
       tokens int32 [B, M], logprobs float32 [B, M], lengths int32 [B], finished bool [B].
     """
+    args = (cfg, params, layer_params, prompt, prompt_mask, src, row_ids, active, seed,
+            strategy, stop_ids, max_new_tokens, layout)
     if mesh is not None:
         with shd.use_rules(mesh, shd.SAMPLE_RULES):
-            return _sample_body(cfg, params, prompt, prompt_mask, src, row_ids, active, seed,
-                                strategy, stop_ids, max_new_tokens)
-    return _sample_body(cfg, params, prompt, prompt_mask, src, row_ids, active, seed, strategy,
-                        stop_ids, max_new_tokens)
+            return _sample_body(*args)
+    return _sample_body(*args)
 
 
-def _sample_body(cfg, params, prompt, prompt_mask, src, row_ids, active, seed, strategy,
-                 stop_ids, max_new_tokens):
+def _sample_body(cfg, params, layer_params, prompt, prompt_mask, src, row_ids, active, seed,
+                 strategy, stop_ids, max_new_tokens, layout):
     batch = src.shape[0]
     row_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), row_ids)  # [B]
     temperature = strategy.logprob_temperature
@@ -175,7 +223,7 @@ def _sample_body(cfg, params, prompt, prompt_mask, src, row_ids, active, seed, s
         hidden, cache = qwen.forward_hidden(cfg, params, prompt, attention_mask=prompt_mask,
                                             cache=cache)  # [U, T, D]
         logits = _unembed(cfg, params, hidden[:, -1])[src]  # [B, V]
-        cache = _rows_cache(cache, src, max_new_tokens)
+        cache = _rows_cache(cache, src, max_new_tokens, split=layout == "decode")
 
     start = _Loop(
         cache=cache,
@@ -188,10 +236,6 @@ def _sample_body(cfg, params, prompt, prompt_mask, src, row_ids, active, seed, s
         lengths=jnp.zeros((batch,), jnp.int32),
     )
     state = record(start, logits, cache)
-    # Per-layer, output-major weight buffers, made once here (qwen.decode_layout): a layer
-    # scan inside the loop would copy every layer's weights out of the stacked arrays on
-    # every step, and output-major kernels multiply faster at decode batch sizes.
-    layer_params = qwen.decode_layout(cfg, params)
 
     def cond(state: _Loop):
         return (state.step < max_new_tokens) & ~jnp.all(state.done)
@@ -199,29 +243,36 @@ def _sample_body(cfg, params, prompt, prompt_mask, src, row_ids, active, seed, s
     def body(state: _Loop) -> _Loop:
         with jax.named_scope("decode_step"):
             logits, cache = qwen.forward(cfg, layer_params, state.last[:, None],
-                                         cache=state.cache)
+                                         cache=state.cache, layout=layout)
             return record(state, logits[:, 0], cache)
 
     state = jax.lax.while_loop(cond, body, state)
     return state.tokens, state.logprobs, state.lengths, state.finished
 
 
-def _rows_cache(cache: qwen.KVCache, src: jax.Array, max_new_tokens: int) -> qwen.KVCache:
-    """The prompts' cache [L, U, K, T, H] -> one row per sample, split per layer.
+def _rows_cache(cache: qwen.KVCache, src: jax.Array, max_new_tokens: int,
+                split: bool) -> qwen.KVCache:
+    """The prompts' cache [L, U, K, T, H] -> one row per sample.
 
     Row b takes prompt src[b]'s keys and values, and max_new_tokens empty slots follow
-    the T prompt slots. Each layer gets its own [B, K, T + M, H] buffer (qwen.split_cache)
-    which the decode loop then updates in place.
+    the T prompt slots. With `split` (the decode layout) each layer gets its own
+    [B, K, T + M, H] buffer (qwen.split_cache), which the decode loop then updates in
+    place; otherwise k, v stay stacked [L, B, K, T + M, H] for the training layout.
     """
     axes = qwen.cache_axes()
 
-    def rows(x, pad):  # [U, ...] -> [B, ...] with `pad` slots appended on the slot axis
-        return jnp.pad(jnp.take(x, src, axis=0), pad)
+    def rows(x, pad, axis=0):  # [U, ...] -> [B, ...] with `pad` slots on the slot axis
+        return jnp.pad(jnp.take(x, src, axis=axis), pad)
 
+    mask = shd.constrain(rows(cache.mask, ((0, 0), (0, max_new_tokens))), axes.mask)
+    if not split:
+        slots = ((0, 0), (0, 0), (0, 0), (0, max_new_tokens), (0, 0))
+        k = shd.constrain(rows(cache.k, slots, axis=1), axes.k)
+        v = shd.constrain(rows(cache.v, slots, axis=1), axes.v)
+        return qwen.KVCache(k=k, v=v, mask=mask, index=cache.index)
     slots = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0))
     k = tuple(shd.constrain(rows(x, slots), axes.k[1:]) for x in cache.k)
     v = tuple(shd.constrain(rows(x, slots), axes.v[1:]) for x in cache.v)
-    mask = shd.constrain(rows(cache.mask, ((0, 0), (0, max_new_tokens))), axes.mask)
     return qwen.KVCache(k=k, v=v, mask=mask, index=cache.index)
 
 
@@ -236,7 +287,15 @@ def _unembed(cfg: ModelConfig, params, hidden: jax.Array) -> jax.Array:
     return shd.constrain(logits, ("batch", "act_vocab"))
 
 
-def _check_prompts(prompts, vocab_size: int) -> list[np.ndarray]:
+def checked_prompts(cfg: ModelConfig, prompts, max_new_tokens: int
+                    ) -> tuple[list[np.ndarray], int]:
+    """The prompts as int32 arrays and the longest one's length, checked for both engines.
+
+    Raises:
+      PromptError for an empty list, a prompt that is not a non-empty list of ids, ids
+      outside the vocabulary, or a longest prompt + max_new_tokens beyond the model's
+      positions.
+    """
     if isinstance(prompts, (str, bytes)) or not len(prompts):
         raise PromptError("generate needs a non-empty list of prompts (lists of token ids)")
     out = []
@@ -244,10 +303,15 @@ def _check_prompts(prompts, vocab_size: int) -> list[np.ndarray]:
         arr = np.asarray(p)
         if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
             raise PromptError(f"prompt {i} must be a non-empty list of token ids")
-        if arr.min() < 0 or arr.max() >= vocab_size:
-            raise PromptError(f"prompt {i} has token ids outside [0, {vocab_size})")
+        if arr.min() < 0 or arr.max() >= cfg.vocab_size:
+            raise PromptError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})")
         out.append(arr.astype(np.int32))
-    return out
+    longest = max(len(p) for p in out)
+    if longest + max_new_tokens > cfg.max_position_embeddings:
+        raise PromptError(
+            f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the "
+            f"model's max_position_embeddings ({cfg.max_position_embeddings})")
+    return out, longest
 
 
 def left_padded(prompts, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +339,8 @@ def _place(mesh, x, axes):
 
 
 def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: int = 0,
-             mesh=None, *, max_batch_tokens: int | None = None) -> GenerationOutput:
+             mesh=None, *, max_batch_tokens: int | None = None, decode_params=None,
+             layout: str | None = None) -> GenerationOutput:
     """Sample `sampling.n` completions for each prompt.
 
     Args:
@@ -288,6 +353,9 @@ def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: 
         Under several processes (one global mesh) every process calls generate with the
         same prompts and seed; each places only its devices' blocks of the inputs.
       max_batch_tokens: KV-cache budget per chunk in token slots (None/0: one chunk).
+      decode_params: `decode_params(cfg, params, layout, mesh)` made once by the caller
+        (once per policy version); built here, once for all chunks, when None.
+      layout: "decode" or "train" (default_layout when None); must match decode_params.
     Returns:
       GenerationOutput with R = P * n prompt-major rows (numpy arrays); under several
       processes every process gets all R rows, identical everywhere (`distributed.fetch`).
@@ -295,13 +363,9 @@ def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: 
       PromptError for empty / out-of-vocabulary / too long prompts; UserError when one
       row does not fit max_batch_tokens.
     """
-    rows_prompts = _check_prompts(prompts, cfg.vocab_size)
+    layout = check_layout(layout or default_layout(mesh))
     n, new = sampling.n, sampling.max_new_tokens
-    longest = max(len(p) for p in rows_prompts)
-    if longest + new > cfg.max_position_embeddings:
-        raise PromptError(
-            f"longest prompt ({longest}) + max_new_tokens ({new}) exceeds the model's "
-            f"max_position_embeddings ({cfg.max_position_embeddings})")
+    rows_prompts, longest = checked_prompts(cfg, prompts, new)
     num_rows = len(rows_prompts) * n
     width = bucket(longest, MIN_PROMPT_BUCKET)
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
@@ -312,9 +376,9 @@ def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: 
     strategy = strategy_for(sampling, cfg.vocab_size)
     stop_ids = stop_id_array(sampling.stop_token_ids)
     seed_arr = np.asarray(seed, np.uint32)
-    if mesh is not None:
-        params = jax.device_put(params, shd.shardings_for(
-            qwen.param_axes(cfg), mesh, shd.SAMPLE_RULES, shapes=params))
+    params = sample_placed(cfg, params, mesh)
+    if decode_params is None:  # once for every chunk of this call
+        decode_params = _decode_params(cfg, params, layout, mesh)
 
     # Distinct prompts in one chunk of rows [start, start + per_chunk): fixed per (chunk
     # size, n), so every chunk and every call with these buckets shares one program.
@@ -333,13 +397,13 @@ def generate(cfg: ModelConfig, params, prompts, sampling: SamplingParams, seed: 
         first = row_prompt[0]
         chunk_prompts = np.minimum(np.arange(first, first + uniq), len(rows_prompts) - 1)
         out = _sample_chunk(
-            cfg, params,
+            cfg, params, decode_params,
             _place(mesh, tokens[chunk_prompts], ("batch", "seq")),
             _place(mesh, mask[chunk_prompts], ("batch", "seq")),
             _place(mesh, (row_prompt - first).astype(np.int32), ("batch",)),
             _place(mesh, ids.astype(np.int32), ("batch",)),
             _place(mesh, real, ("batch",)),
-            seed_arr, strategy, stop_ids, max_new_tokens=new, mesh=mesh)
+            seed_arr, strategy, stop_ids, max_new_tokens=new, layout=layout, mesh=mesh)
         # fetch: the rows span every process's devices; all-gathered under several.
         results.append([x[real] for x in distributed.fetch(out)])
     cat = [np.concatenate(parts) for parts in zip(*results)]

@@ -127,7 +127,8 @@ def sample_and_score(model_cfg, params, prompt_ids: Sequence, sampling, *,
     texts: list = [None] * num_rows
     if engine == "static":
         out = engine_mod.generate(model_cfg, params, prompt_ids, sampling, seed=seed, mesh=mesh,
-                                  max_batch_tokens=max_batch_tokens, engine="static")
+                                  max_batch_tokens=max_batch_tokens, engine="static",
+                                  decode_params=decode_params)
         for r in range(num_rows):
             texts[r] = decode(completion_ids(out.tokens[r], out.lengths[r], out.finished[r]))
         t1 = time.perf_counter()

@@ -53,7 +53,8 @@ def test_decode_layout_decodes_like_the_stacked_params(model):
     fast_cache = qwen.split_cache(cache)
     for t in range(5, 9):
         want, cache = qwen.forward(cfg, params, tokens[:, t:t + 1], cache=cache)
-        got, fast_cache = qwen.forward(cfg, fast, tokens[:, t:t + 1], cache=fast_cache)
+        got, fast_cache = qwen.forward(cfg, fast, tokens[:, t:t + 1], cache=fast_cache,
+                                       layout="decode")
         np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
     np.testing.assert_allclose(qwen.stack_cache(fast_cache).k, cache.k, atol=1e-6, rtol=0)
     # Output-major means [out..., in...]: o's kernel [N, H, D] becomes [D, N, H].
@@ -61,7 +62,8 @@ def test_decode_layout_decodes_like_the_stacked_params(model):
     assert "kernel" not in layer["attn"]["o"]
     np.testing.assert_array_equal(layer["attn"]["o"]["kernel_out_major"],
                                   params["layers"]["attn"]["o"]["kernel"][0].transpose(2, 0, 1))
-    np.testing.assert_array_equal(qwen.unembed_matrix(cfg, fast), qwen.unembed_matrix(cfg, params))
+    np.testing.assert_array_equal(qwen.unembed_matrix(cfg, fast, "decode"),
+                                  qwen.unembed_matrix(cfg, params))
 
 
 def test_out_major_dot_is_the_einsum():

@@ -43,7 +43,7 @@ def seen_stop_ids(monkeypatch):
 
         monkeypatch.setattr(module, name, spy)
 
-    spy_on(sampler, "_sample_chunk", 9)
+    spy_on(sampler, "_sample_chunk", 10)
     spy_on(engine, "_decode_block", 5)
     return seen
 

@@ -86,6 +86,35 @@ def test_slot_counts_layouts_and_default_budget_agree(params, static):
     assert generate(CFG, params, PROMPTS, SAMPLED, seed=5, engine="static") is not None
 
 
+def test_layout_is_a_static_choice_built_once_per_policy_version(params, static, monkeypatch):
+    ref = static(PROMPTS, SAMPLED, 5)  # the CPU default: the decode layout
+    assert sampler.default_layout() == "decode"
+    built = []
+    real = sampler._layout_params
+    monkeypatch.setattr(sampler, "_layout_params", lambda *a: built.append(1) or real(*a))
+    # GPU / TPU's choice, asked for on CPU: decode from the training layout, no second copy.
+    budget = 8 * (32 + NEW)  # 8-row chunks: four of them
+    assert_same(sampler.generate(CFG, params, PROMPTS, SAMPLED, seed=5, layout="train",
+                                 max_batch_tokens=budget), ref)
+    assert built == []
+    # The decode layout: built once per call, not per chunk ...
+    assert_same(sampler.generate(CFG, params, PROMPTS, SAMPLED, seed=5, max_batch_tokens=budget),
+                ref)
+    assert len(built) == 1
+    # ... or once per policy version by the caller, and then by neither engine.
+    policy = sampler.decode_params(CFG, params)
+    for engine_name in ("static", "continuous"):
+        assert_same(generate(CFG, params, PROMPTS, SAMPLED, seed=5, engine=engine_name,
+                             decode_params=policy, decode_slots=SLOTS), ref)
+    assert len(built) == 2
+    # The model never guesses the layout from the params' keys.
+    tokens = np.ones((1, 3), np.int32)
+    with pytest.raises(ValueError, match="decode_layout"):
+        qwen.forward(CFG, params, tokens, layout="decode")
+    with pytest.raises(ConfigError, match="sampling layout"):
+        generate(CFG, params, PROMPTS, SAMPLED, layout="fast")
+
+
 @pytest.mark.slow  # the mesh programs (~1 min to compile on 2 loaded cores)
 def test_mesh_equals_single_device_static(params, static):
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
@@ -133,9 +162,12 @@ def test_repeated_calls_reuse_the_compiled_programs(params):
         generate(CFG, params, prompts, sampling, seed=seed, decode_slots=SLOTS)
     # Bounded by construction: prefill / insert per group bucket (here 2 and 4 prompts),
     # decode blocks per window bucket (16, 24 generated slots) and slot count (4, then
-    # 2 and 1 at the tail), compaction per slot count, empty state, layout. Which window
-    # and tail buckets a call meets depends on its rows' lengths.
-    assert _programs() - before <= 2 + 2 + 2 * 3 + 2 + 1 + 1
+    # 3, 2 and 1 at the tail), compaction per (slot count, smaller slot count), empty
+    # state, layout.
+    # Which window and tail sizes a call meets depends on its rows' lengths.
+    sizes = len(engine.tail_sizes(SLOTS))
+    assert sizes == 4
+    assert _programs() - before <= 2 + 2 + 2 * sizes + sizes * (sizes - 1) // 2 + 1 + 1
     # New runtime values of every field that is not a shape: no new program. Without stop
     # ids every row runs to the budget, so the lengths (and with them the buckets met)
     # cannot depend on the seed, temperature or top-p (top_k is a shape: lax.top_k's k).
