@@ -312,10 +312,10 @@ def train_batch(cfg: TrainConfig, groups: Groups, order: np.ndarray, pad_id: int
             "weights": [np.full(lengths[i], w[j], np.float32) for j, i in enumerate(rows)],
             "advantages": [(adv[i, :lengths[i]] if adv.ndim == 2 else
                             np.full(lengths[i], adv[i])).astype(np.float32) for i in rows]}
-        micros = pack_minibatch(prompts, responses, per_token, T, rows_dev_max, shards, pad_id)
         if groups.logprobs is not None:  # the rollout's own (rl.old_logprobs: sampler)
             per_token["sampler_logprobs"] = [
                 np.asarray(groups.logprobs[i, :lengths[i]], np.float32) for i in rows]
+        micros = pack_minibatch(prompts, responses, per_token, T, rows_dev_max, shards, pad_id)
         # Token-mean weight of the logged metrics (clip fractions, ratios).
         inv_tokens = np.float32(1.0 / max(int(lengths[rows].sum()), 1))
         placed = []
