@@ -147,22 +147,19 @@ def test_bad_input_on_every_process_is_one_line_and_exit_2_each(tmp_path, run_wo
         assert "Traceback" not in p.stderr
 
 
-def test_cli_starts_two_processes_and_refuses_a_command_not_ready(tmp_path, run_processes,
-                                                                  explain):
-    from prorl_jax.distributed import MULTI_PROCESS_COMMANDS
+def test_cli_starts_two_processes_and_refuses_a_single_process_command(tmp_path, run_processes,
+                                                                      explain):
+    from prorl_jax.distributed import SINGLE_PROCESS_COMMANDS
 
-    if "generate" in MULTI_PROCESS_COMMANDS:
-        pytest.skip("generate runs under several processes: nothing left to refuse with it")
-    out = tmp_path / "out.jsonl"
-    procs = run_processes(["-m", "prorl_jax", "generate", "--model", "builtin:demo_base",
-                           "--prompt", "1+1=", "--out", str(out)], timeout=150)
+    out = tmp_path / "ckpt"
+    procs = run_processes(["-m", "prorl_jax", "convert", "hf-to-orbax", "--hf",
+                           "builtin:demo_base", "--out", str(out), "--step", "1"], timeout=150)
     assert [p.rc for p in procs] == [2, 2], explain(procs)
     for i, p in enumerate(procs):
-        lines = [ln for ln in p.stderr.splitlines() if "prorl-jax generate: error:" in ln]
-        assert lines == [f"[process {i}/2] prorl-jax generate: error: prorl-jax generate does "
-                         "not run under multiple processes yet (2 processes, 8 devices "
-                         "started); run it as one process (see docs/distributed.md, "
-                         "'Status')"], explain(procs)
+        lines = [ln for ln in p.stderr.splitlines() if "prorl-jax convert: error:" in ln]
+        assert lines == [f"[process {i}/2] prorl-jax convert: error: prorl-jax convert runs as "
+                         f"one process, not 2: {SINGLE_PROCESS_COMMANDS['convert']}"
+                         ], explain(procs)
     assert not out.exists()  # refused before anything was written
 
 
