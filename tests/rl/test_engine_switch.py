@@ -30,18 +30,25 @@ def _train(run_dir, overrides):
                  for r in read_metrics(run_dir)]
 
 
-def _programs():
+def _sampler_programs():
     from prorl_jax.sampling import engine
 
-    return {f.__name__: f._cache_size() for f in (engine._prefill, engine._insert,
-                                                   engine._decode_block, engine._compact,
-                                                   engine._empty_slots, engine._layout_params)}
+    return (engine._prefill, engine._insert, engine._decode_block, engine._compact,
+            engine._empty_slots, engine._layout_params)
+
+
+def _programs():
+    return {f.__name__: f._cache_size() for f in _sampler_programs()}
 
 
 @pytest.mark.slow
 def test_demo_metrics_do_not_depend_on_the_engine_and_programs_stay_bounded(tmp_path):
     from prorl_jax.sampling import engine, sampler
 
+    # Compiled-program caches are per process: start from empty ones, so the counts
+    # below do not depend on which tests ran before in this process (pytest-xdist).
+    for f in _sampler_programs():
+        f.clear_cache()
     _, static = _train(tmp_path / "static", ["sampling.engine=static"])
     before = _programs()  # the static run compiled the layout program already
     cont = ["sampling.engine=continuous", f"sampling.decode_slots={SLOTS}",
