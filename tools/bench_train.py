@@ -52,12 +52,20 @@ saving as a share of the whole step (a compiled rollout, timed once, included).
     python tools/bench_train.py --old-logprobs --steps 5
 
 Threads: `--threads N` (default: all cores) pins the process to N cores and sets
-torch.set_num_threads(N), so both sides get the same cores (tools/bench_common.py).
+torch.set_num_threads(N), so both sides get the same cores (tools/bench_common.py). A run on
+all cores (no --threads) then re-runs itself pinned to one core and prints both runs'
+ours / PyTorch side by side (`--no-one-core` skips that).
+
+Load: a run that starts with the 1-minute load average above the core count exits 2 (other
+processes would share the cores, and PyTorch's threads and XLA's suffer differently);
+`--noisy-ok` runs anyway, and every table of a run that started or ended noisy is flagged
+NOISY RUN.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -369,6 +377,7 @@ def lengths_main(args) -> None:
           f"sequences per update, median of {args.steps} updates per layout (alternating, "
           f"after a warm-up); attention_impl auto")
     print(f"# load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min)")
+    print_noisy(load0, load1, args.noisy)
     print("| model | cap | mean len / cap, at cap | padded: micro-batches [b, T] (lm-head columns) | "
           "real share | real tok/s | packed: micro-batches [b, T] (lm-head columns) | real share | "
           "real tok/s | packed / padded |")
@@ -432,6 +441,7 @@ def old_logprobs_main(args) -> None:
           f"{args.config} {' '.join(args.set)}; {groups.num_groups} groups x {cfg.sampling.n}, "
           f"{tokens} response tokens, kl_coef {cfg.rl.kl_coef}, pack_sequences "
           f"{cfg.rl.pack_sequences}; median of {args.steps} updates per mode, alternating")
+    print_noisy(load0, load1, args.noisy)
     print(f"# load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min); rollout of "
           f"the step {rollout_s:.2f} s (compiled)")
     print("| rl.old_logprobs | update s | saved s / step | saved / update | saved / step "
@@ -466,7 +476,16 @@ def main(argv=None) -> None:
     ap.add_argument("--config", default="demo", help="--old-logprobs: a shipped config")
     ap.add_argument("--set", action="append", default=[],
                     help="--old-logprobs: a dotted config override (repeatable)")
+    ap.add_argument("--noisy-ok", action="store_true",
+                    help="run even when the load average exceeds the core count (the tables "
+                         "are then flagged NOISY)")
+    ap.add_argument("--no-one-core", action="store_true",
+                    help="skip the one-core (--threads 1) comparison run after an all-core run")
+    ap.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    # The one-core child (--json-out) starts right after its parent's run, whose own load
+    # is still in the 1-minute average: the parent checked the machine before it started.
+    args.noisy = False if args.json_out else check_load(args.noisy_ok)
     if args.old_logprobs:
         old_logprobs_main(args)
         return
@@ -509,6 +528,7 @@ def main(argv=None) -> None:
           f"before ({peak_before['peak'] / 1e9:.1f}) and after ({peak_after['peak'] / 1e9:.1f}) "
           f"the steps)")
     print(f"# load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min)")
+    noisy = print_noisy(load0, load1, args.noisy)
     print("| M x b x (P + R) | tokens/step | ours step s | PyTorch step s | ours tok/s | "
           "PyTorch tok/s | speed ours/PyTorch (wall) | (CPU time) | ours MFU | PyTorch MFU | "
           "ours compile s | loss ours / PyTorch | grad norm ours / PyTorch |")
@@ -526,12 +546,77 @@ def main(argv=None) -> None:
               f"{res['torch_cpu_s'] / res['ours_cpu_s']:.2f}x | {ours_mfu:.1%} | "
               f"{torch_mfu:.1%} | {res['compile_s']:.1f} | {l_o:.5f} / {l_t:.5f} | "
               f"{g_o:.4f} / {g_t:.4f} |", flush=True)
+    summary = []
     for m, b, p, r, res in rows:
+        summary.append({"shape": f"{m} x {b} x ({p} + {r})",
+                        "speed": res["torch_s"] / res["ours_s"],
+                        "mfu_ours": step_flops(cfg, m, b, p, r) / res["ours_s"] / peak["peak"],
+                        "mfu_torch": step_flops(cfg, m, b, p, r) / res["torch_s"] / peak["peak"]})
         lo = {k: f"{v[0]:.2f}-{v[1]:.2f}" for k, v in res["spread"].items()}
         print(f"# {m}x{b}x({p}+{r}): model GFLOP/step {step_flops(cfg, m, b, p, r) / 1e9:.1f}, "
               f"response tokens {res['response_tokens']}, step range ours {lo['ours']} s, "
               f"PyTorch {lo['torch']} s, CPU s/step ours {res['ours_cpu_s']:.2f}, "
               f"PyTorch {res['torch_cpu_s']:.2f}")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"threads": _THREADS, "noisy": noisy, "rows": summary}, f)
+    elif _THREADS > 1 and not args.no_one_core and not _explicit_threads(argv):
+        one_core_comparison(argv, summary, noisy)
+
+
+def print_noisy(load0, load1, noisy_start: bool) -> bool:
+    """Flag the tables of a run that began above the core count or ended above it plus this
+    process's own threads (which add up to --threads to the load while they run)."""
+    noisy = noisy_start or load1[0] > (os.cpu_count() or 1) + _THREADS
+    if noisy:
+        print(f"# NOISY RUN: load average {load0[0]:.2f} before / {load1[0]:.2f} after on "
+              f"{os.cpu_count()} cores; other processes shared the cores, so the ratios "
+              f"below are not comparable with a quiet machine's")
+    return noisy
+
+
+def check_load(noisy_ok: bool) -> bool:
+    """Refuse (exit 2) a run that starts with the load average above the core count, unless
+    --noisy-ok; returns whether the run is noisy. On a loaded machine PyTorch's threads and
+    XLA's suffer differently, so such a run's ratios say little about either."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load <= cores:
+        return False
+    if not noisy_ok:
+        print(f"bench_train: load average {load:.2f} exceeds the {cores} cores; wait for a "
+              f"quiet machine or pass --noisy-ok to run anyway (tables flagged NOISY)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    print(f"# WARNING: load average {load:.2f} > {cores} cores: NOISY RUN", file=sys.stderr)
+    return True
+
+
+def _explicit_threads(argv) -> bool:
+    argv = sys.argv[1:] if argv is None else argv
+    return any(a == "--threads" or a.startswith("--threads=") for a in argv)
+
+
+def one_core_comparison(argv, summary: list, noisy: bool) -> None:
+    """Re-run the same benchmark pinned to one core (a fresh process: the thread pools are
+    fixed at import) and print both runs' ratios side by side."""
+    import subprocess
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "one_core.json")
+        print("\n# the same benchmark pinned to one core (--threads 1):", flush=True)
+        subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--threads", "1",
+                        "--json-out", out], check=True)
+        with open(out) as f:
+            one = json.load(f)
+    print(f"\n# ours / PyTorch (wall), all {_THREADS} cores beside one core"
+          + ("; NOISY" if noisy or one["noisy"] else ""))
+    print("| M x b x (P + R) | all cores | one core | ours MFU all / one | PyTorch MFU all / one |")
+    print("|---|---:|---:|---:|---:|")
+    for a, o in zip(summary, one["rows"]):
+        print(f"| {a['shape']} | {a['speed']:.2f}x | {o['speed']:.2f}x | "
+              f"{a['mfu_ours']:.1%} / {o['mfu_ours']:.1%} | "
+              f"{a['mfu_torch']:.1%} / {o['mfu_torch']:.1%} |", flush=True)
 
 
 if __name__ == "__main__":
