@@ -441,9 +441,9 @@ def old_logprobs_main(args) -> None:
           f"{args.config} {' '.join(args.set)}; {groups.num_groups} groups x {cfg.sampling.n}, "
           f"{tokens} response tokens, kl_coef {cfg.rl.kl_coef}, pack_sequences "
           f"{cfg.rl.pack_sequences}; median of {args.steps} updates per mode, alternating")
-    print_noisy(load0, load1, args.noisy)
     print(f"# load average before {load0[0]:.2f}, after {load1[0]:.2f} (1 min); rollout of "
           f"the step {rollout_s:.2f} s (compiled)")
+    print_noisy(load0, load1, args.noisy)
     print("| rl.old_logprobs | update s | saved s / step | saved / update | saved / step "
           "(rollout + update) | logged mismatch max |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -533,12 +533,15 @@ def main(argv=None) -> None:
           "PyTorch tok/s | speed ours/PyTorch (wall) | (CPU time) | ours MFU | PyTorch MFU | "
           "ours compile s | loss ours / PyTorch | grad norm ours / PyTorch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    summary = []  # what the one-core comparison prints
     for m, b, p, r, res in rows:
         tokens = m * b * (p + r)
         flops = step_flops(cfg, m, b, p, r)
         ours_tps, torch_tps = tokens / res["ours_s"], tokens / res["torch_s"]
         ours_mfu = flops / res["ours_s"] / peak["peak"]
         torch_mfu = flops / res["torch_s"] / peak["peak"]
+        summary.append({"shape": f"{m} x {b} x ({p} + {r})", "speed": res["torch_s"] / res["ours_s"],
+                        "mfu_ours": ours_mfu, "mfu_torch": torch_mfu})
         (l_o, g_o), (l_t, g_t) = res["ours_first"], res["torch_first"]
         print(f"| {m} x {b} x ({p} + {r}) | {tokens:,} | {res['ours_s']:.2f} | "
               f"{res['torch_s']:.2f} | {ours_tps:,.0f} | {torch_tps:,.0f} | "
@@ -546,12 +549,7 @@ def main(argv=None) -> None:
               f"{res['torch_cpu_s'] / res['ours_cpu_s']:.2f}x | {ours_mfu:.1%} | "
               f"{torch_mfu:.1%} | {res['compile_s']:.1f} | {l_o:.5f} / {l_t:.5f} | "
               f"{g_o:.4f} / {g_t:.4f} |", flush=True)
-    summary = []
     for m, b, p, r, res in rows:
-        summary.append({"shape": f"{m} x {b} x ({p} + {r})",
-                        "speed": res["torch_s"] / res["ours_s"],
-                        "mfu_ours": step_flops(cfg, m, b, p, r) / res["ours_s"] / peak["peak"],
-                        "mfu_torch": step_flops(cfg, m, b, p, r) / res["torch_s"] / peak["peak"]})
         lo = {k: f"{v[0]:.2f}-{v[1]:.2f}" for k, v in res["spread"].items()}
         print(f"# {m}x{b}x({p}+{r}): model GFLOP/step {step_flops(cfg, m, b, p, r) / 1e9:.1f}, "
               f"response tokens {res['response_tokens']}, step range ours {lo['ours']} s, "
