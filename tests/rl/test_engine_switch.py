@@ -7,6 +7,7 @@ this replaced two `prorl-jax train` subprocesses and a six-step run: ~8 min -> 5
 on an idle 2-core box)."""
 
 import pytest
+from float32_tolerance import LOGP_MISMATCH_MAX
 
 from prorl_jax.config import load_config, resolve_config_path
 from prorl_jax.rl.metrics_log import read_metrics
@@ -64,7 +65,7 @@ def test_demo_metrics_do_not_depend_on_the_engine_and_programs_stay_bounded(tmp_
                           [v for r in rows for k, v in r.items() if k == MISMATCH + "max"])
     (rest_c, max_c), (rest_s, max_s) = split(continuous), split(static)
     assert rest_c == rest_s
-    assert len(max_c) == len(max_s) == 2 and max(max_c + max_s) <= 1e-5
+    assert len(max_c) == len(max_s) == 2 and max(max_c + max_s) <= LOGP_MISMATCH_MAX
 
     # Another run on other prompts and samples (another seed): its step meets other
     # lengths, and still every program count stays within the structural bound, which

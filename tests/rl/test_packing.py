@@ -243,12 +243,17 @@ def test_packed_step_equals_padded_step(demo_trainer, mode):
     m_pad, p_pad = _one_update(trainer, start, groups, padded)
     m_pack, p_pack = _one_update(trainer, start, groups, packed)
     for k in ("loss", "pg_loss", "kl", "grad_norm", "pg_clipfrac", "approx_kl", "ratio_mean",
-              "ratio_max", "entropy"):
+              "ratio_max"):
         assert m_pack[k] == pytest.approx(m_pad[k], rel=1e-5, abs=1e-9), k
+    # The entropy reads the logits straight from each layout's forward (the loss terms above
+    # see them through ratios against old logprobs from that same layout, so their layout
+    # error cancels): 1.5e-5 apart on a CI machine, under 1e-5 here. A bug (a token scored under
+    # another sequence's attention) is off by far more than 1e-4.
+    assert m_pack["entropy"] == pytest.approx(m_pad["entropy"], rel=1e-4), "entropy"
     assert m_pad["kl"] > 1e-4 and m_pad["pg_clipfrac"] > 0  # the comparison has teeth
     assert m_pack["tokens/packing_efficiency"] > m_pad["tokens/packing_efficiency"]
     for a, b in zip(jax.tree.leaves(p_pack), jax.tree.leaves(p_pad)):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
     moved = max(float(np.max(np.abs(a - np.asarray(b))))
                 for a, b in zip(jax.tree.leaves(p_pad), jax.tree.leaves(start.params)))
     assert moved > 1e-2  # the updates did something
