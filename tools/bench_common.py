@@ -11,6 +11,7 @@ runtimes end up with the same N cores. (The XLA flag --xla_cpu_multi_thread_eige
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
 
@@ -22,6 +23,18 @@ def best_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def median_time(fn, repeats: int) -> float:
+    """The median of `repeats` wall-clock runs of fn() (seconds), after one warm-up call (the
+    compile): for probes whose parts are compared with each other."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def threads_from_argv(argv, default: int | None = None) -> int:

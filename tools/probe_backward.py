@@ -5,19 +5,18 @@ This splits it: the decoder body (no lm head) with scanned vs unrolled layers an
 blockwise attention, and the lm head's token logprobs chunked (jax.checkpoint per chunk) vs
 unchunked. A ratio near 2 is the FLOP count; above it is time the backward wastes.
 
-    python tools/probe_backward.py
+    python tools/probe_backward.py [--threads N]
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
-os.sched_setaffinity(0, {0})  # one core, so ratios are not shaped by thread scheduling
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_common  # noqa: E402
+
+bench_common.pin(sys.argv, default=1)  # one core unless --threads N: before jax starts
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -28,19 +27,10 @@ from prorl_jax.model.config import ModelConfig  # noqa: E402
 from prorl_jax.rl import logprobs  # noqa: E402
 
 
-def timed(fn, *args, steps: int = 3) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def ratio_line(name: str, loss, *args, argnums=0) -> None:
-    fwd = timed(jax.jit(loss), *args)
-    both = timed(jax.jit(jax.grad(loss, argnums=argnums)), *args)
+    """One table row: median of 3 runs of the jitted loss and of its gradient."""
+    fwd, both = (bench_common.median_time(lambda f=f: jax.block_until_ready(f(*args)), 3)
+                 for f in (jax.jit(loss), jax.jit(jax.grad(loss, argnums=argnums))))
     print(f"| {name} | {fwd:.2f} | {both:.2f} | {(both - fwd) / fwd:.2f} |", flush=True)
 
 

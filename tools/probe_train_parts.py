@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_train as bt  # noqa: E402  (pins the cores from --threads before jax starts)
@@ -26,21 +24,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_common import median_time  # noqa: E402
 
 import prorl_jax as pj  # noqa: E402
 from prorl_jax.rl import losses  # noqa: E402
 from prorl_jax.rl.state import make_optimizer  # noqa: E402
 from prorl_jax.rl.update import make_train_step, response_logprobs  # noqa: E402
-
-
-def timed(fn, steps: int) -> float:
-    fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -81,10 +70,10 @@ def main() -> None:
         state["p"], state["o"], met = step(state["p"], state["o"], jb)
         jax.block_until_ready(met)
 
-    ours = {"forward": timed(lambda: fwd(params).block_until_ready(), args.steps) * m,
-            "forward + backward": timed(lambda: jax.block_until_ready(fwd_bwd(params)),
+    ours = {"forward": median_time(lambda: fwd(params).block_until_ready(), args.steps) * m,
+            "forward + backward": median_time(lambda: jax.block_until_ready(fwd_bwd(params)),
                                         args.steps) * m,
-            "update": timed(whole, args.steps)}
+            "update": median_time(whole, args.steps)}
 
     micro = bt.torch_micro_batches(batch)
     opt, _ = bt.torch_optimizer(model)
@@ -99,9 +88,9 @@ def main() -> None:
         for x in micro:
             bt.torch_grpo_loss(model, x, P, temp).backward()
 
-    theirs = {"forward": timed(t_fwd, args.steps),
-              "forward + backward": timed(t_fwd_bwd, args.steps),
-              "update": timed(lambda: bt.torch_step(model, opt, micro, P, temp), args.steps)}
+    theirs = {"forward": median_time(t_fwd, args.steps),
+              "forward + backward": median_time(t_fwd_bwd, args.steps),
+              "update": median_time(lambda: bt.torch_step(model, opt, micro, P, temp), args.steps)}
     print(f"# shape {args.shape}, --threads {args.threads}, XLA_FLAGS="
           f"{os.environ.get('XLA_FLAGS', '')!r}, load {os.getloadavg()[0]:.2f}")
     print("| part | ours s | PyTorch s | ours / PyTorch time |")
