@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pathlib
 import re
 import sys
+import traceback
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -175,10 +177,10 @@ def restore(directory: str | pathlib.Path, step: int | None = None, *, params_ta
         if own:
             manager = ocp.CheckpointManager(
                 directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+        _mute_orphaned_reads()
         try:
             out = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # Orbax raises many types for corrupt data
-            _mute_orphaned_reads()
             if _is_read_failure(e):
                 raise damaged(directory, step, f"cannot be read: {_short_reason(e)}") from None
             raise CheckpointError(f"could not restore {step_dir}: {type(e).__name__}: "
@@ -231,11 +233,53 @@ def _short_reason(e: BaseException) -> str:
     return f"array {array.group(1)}: {first}" if array else first or type(e).__name__
 
 
+class _OrphanedOrbaxTasks(logging.Filter):
+    """Drops asyncio's "... exception was never retrieved" reports of Orbax reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("exception was never retrieved" in message.split("\n", 1)[0]
+                    and ("orbax" in message or "tensorstore" in message))
+
+
+def _is_closed_loop_callback(exc: BaseException) -> bool:
+    """A TensorStore read finishing after Orbax closed its event loop: the callback's
+    `loop.call_soon_threadsafe` raises RuntimeError from asyncio's frames alone."""
+    if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and all(f"{os.sep}asyncio{os.sep}" in f.filename for f in frames)
+
+
 def _mute_orphaned_reads() -> None:
-    """After a failed restore, Orbax's other pending array reads end as "Exception ignored
-    in <coroutine ...>" tracebacks (hundreds of lines, once per array, some "Event loop is
-    closed") printed when they are garbage-collected. The error raised already says what
-    happened, so those reports are dropped; every other unraisable exception still shows."""
+    """When a restore fails, Orbax raises on the first failed array while its other reads
+    go on, and each of those ends in a report that has nothing to add to the error raised:
+
+    - "Exception ignored in <coroutine ...>" tracebacks through sys.unraisablehook (once
+      per array, hundreds of lines) when the pending coroutines are garbage-collected;
+    - asyncio's "Task exception was never retrieved" / "_GatheringFuture exception was
+      never retrieved" through the "asyncio" logger, when other arrays failed too (they
+      often share the damaged OCDBT data file);
+    - "RuntimeError: Event loop is closed" tracebacks through sys.excepthook, printed by
+      TensorStore's threads when a read completes after Orbax closed its loop; they can
+      come while the first error is still being raised, so this is installed before the
+      restore starts, not after it fails.
+
+    Those reports are dropped; every other unraisable exception, asyncio error and
+    uncaught exception still shows. Installed once per process."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _OrphanedOrbaxTasks) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_OrphanedOrbaxTasks())
+
+    previous_excepthook = sys.excepthook
+    if not getattr(previous_excepthook, "_prorl_mutes_orbax", False):
+        def excepthook(exc_type, exc, tb):
+            if not _is_closed_loop_callback(exc):
+                previous_excepthook(exc_type, exc, tb)
+
+        excepthook._prorl_mutes_orbax = True
+        sys.excepthook = excepthook
+
     previous = sys.unraisablehook
     if getattr(previous, "_prorl_mutes_orbax", False):
         return
