@@ -135,6 +135,9 @@ class RLConfig:
     overlong_buffer: int = 0  # DAPO soft overlong punishment; 0 = off
     overlong_factor: float = 1.0
     nontermination_penalty: float | None = None  # reward given to responses without EOS
+    # > 0: the reward is 1 where the verifier's score >= this, else 0 (partial credit off:
+    # e.g. Reasoning Gym's per-letter credit, which a policy can farm without solving).
+    success_threshold: float = 0.0
     # Stop after this many consecutive steps in which every generated group got identical
     # rewards (nothing to learn from: zero advantages); 0 = never stop, only warn.
     max_empty_steps: int = 5
@@ -146,6 +149,9 @@ class RLConfig:
     tis_cap: float | None = None
 
     def __post_init__(self):
+        if not 0 <= self.success_threshold <= 1:
+            raise ConfigError(f"rl.success_threshold must be in [0, 1] (0 = off), got "
+                              f"{self.success_threshold}")
         if self.old_logprobs not in OLD_LOGPROBS:
             raise ConfigError(f"rl.old_logprobs must be one of {OLD_LOGPROBS}, got "
                               f"{self.old_logprobs!r}")
@@ -273,6 +279,8 @@ class DataConfig:
     on_bad_record: str = "error"  # "error" | "skip" (skip and count)
     suffixes: dict = dataclasses.field(default_factory=dict)  # domain -> instruction suffix
     use_chat_template: bool = True  # False: plain text + suffix, even if the tokenizer has one
+    # Drop training records whose prompt text is a validation prompt (held-out stays held out).
+    exclude_val_prompts: bool = True
 
     def __post_init__(self):
         from prorl_jax.data.records import DOMAINS  # lazy: data imports this module
@@ -318,6 +326,25 @@ class ValidationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BoundaryConfig:
+    """The reasoning-boundary report (rl/boundary.py): the base and the final policy sampled
+    n times on the first `num_prompts` held-out prompts (data.val_sources), pass@k for
+    k = 1 ... n, per-prompt verdicts, written to RUN_DIR/boundary/."""
+
+    num_prompts: int = 0  # 0 = off; like validation, nothing without data.val_sources
+    n: int = 64
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 8192
+
+    def __post_init__(self):
+        if self.num_prompts < 0:
+            raise ConfigError(f"boundary.num_prompts must be >= 0, got {self.num_prompts}")
+        check_sampling("boundary", temperature=self.temperature, top_p=self.top_p,
+                       max_new_tokens=self.max_new_tokens, n=self.n)
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     every_steps: int = 50  # 0 = only at the end and on signals
     keep_last: int = 3
@@ -352,6 +379,7 @@ class TrainConfig:
     data: DataConfig = DataConfig()
     rewards: RewardConfig = RewardConfig()
     validation: ValidationConfig = ValidationConfig()
+    boundary: BoundaryConfig = BoundaryConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
 

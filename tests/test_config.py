@@ -128,7 +128,8 @@ def test_every_config_key_is_documented():
     doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     sections = [c.TrainConfig, c.ModelSection, c.MeshConfig, c.SamplingConfig, c.RLConfig,
                 c.OptimConfig, c.ReferenceResetConfig, c.DataConfig, c.SourceConfig,
-                c.RewardConfig, c.ValidationConfig, c.CheckpointConfig, c.LoggingConfig]
+                c.RewardConfig, c.ValidationConfig, c.BoundaryConfig, c.CheckpointConfig,
+                c.LoggingConfig]
     missing = [f"{cls.__name__}.{f.name}" for cls in sections for f in dataclasses.fields(cls)
                if f"`{f.name}`" not in doc]
     assert not missing

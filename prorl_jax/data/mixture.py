@@ -80,6 +80,7 @@ class PromptIterator:
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
         self.fingerprint = self._fingerprint()
         self.skipped: dict[str, int] = dict.fromkeys(self.names, 0)  # bad records per source
+        self.excluded: dict[str, int] = dict.fromkeys(self.names, 0)  # held-out prompts dropped
 
     # ------------------------------------------------------------------ plan
 
@@ -225,19 +226,23 @@ class PromptIterator:
 
 
 def build_iterator(data_cfg: DataConfig, *, split: str = "train",
-                   shuffle: bool | None = None) -> PromptIterator:
+                   shuffle: bool | None = None,
+                   exclude_prompts: frozenset[str] | set[str] = frozenset()) -> PromptIterator:
     """Loads the sources of a split and mixes them.
 
     Args:
       data_cfg: the data section (sources / val_sources, seed, on_bad_record).
       split: "train" (data_cfg.sources) or "val" (data_cfg.val_sources).
       shuffle: default True for "train" and False for "val" (a fixed validation order).
+      exclude_prompts: records whose prompt text is one of these are dropped (held-out
+        prompts kept out of training); the counts per source are in `.excluded`.
 
     Returns:
       A PromptIterator at epoch 0, position 0.
 
     Raises:
-      ConfigError: unknown split or no sources. DataError: bad data.
+      ConfigError: unknown split or no sources. DataError: bad data, or a source that
+        holds nothing but excluded prompts.
     """
     from prorl_jax.data.sources import read_source
 
@@ -253,10 +258,18 @@ def build_iterator(data_cfg: DataConfig, *, split: str = "train",
     names = [d.name for d in loaded]
     if len(set(names)) != len(names):
         names = [f"{n}#{i}" for i, n in enumerate(names)]
-    it = PromptIterator([d.records for d in loaded], [c.weight for c in cfgs],
+    records = [[r for r in d.records if r.prompt not in exclude_prompts] for d in loaded]
+    excluded = {n: len(d.records) - len(kept) for n, d, kept in zip(names, loaded, records)}
+    for name, kept in zip(names, records):
+        if not kept and excluded[name]:
+            raise DataError(f"data source {name}: all {excluded[name]} records are held-out "
+                            f"prompts (data.val_sources); give it other data or set "
+                            f"data.exclude_val_prompts: false")
+    it = PromptIterator(records, [c.weight for c in cfgs],
                         seed=data_cfg.seed, shuffle=(split == "train") if shuffle is None else shuffle,
                         names=names)
     it.skipped.update({n: d.skipped for n, d in zip(names, loaded)})
+    it.excluded = excluded
     return it
 
 

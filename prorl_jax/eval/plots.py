@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from prorl_jax.eval.report import pass_keys
+from prorl_jax.eval.report import VERDICTS, pass_keys
 
 FIGSIZE = (6.0, 4.0)
 DPI = 100
@@ -52,6 +52,53 @@ def plot_pass_at_k(curves: Mapping[str, Mapping[int, float]], title: str,
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if curves:
+        ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, format="png")
+    return str(path)
+
+
+VERDICT_COLORS = {"expanded": "tab:green", "improved": "tab:blue", "unchanged": "tab:gray",
+                  "unsolved": "black", "diminish": "tab:orange", "shrunk": "tab:red"}
+
+
+def plot_prompt_scatter(rows, k: int, path: str | os.PathLike, *, base_label: str = "base",
+                        label: str = "final", title: str | None = None) -> str:
+    """One point per prompt: the base's pass@k against another model's, colored by verdict.
+
+    Points above the diagonal are prompts the model solves more often than the base; the
+    ones on the left edge above zero are "expanded" (the base never solved them). Prompts
+    with equal values overlap, so each verdict's count is in the legend.
+
+    Args:
+      rows: per-prompt verdict rows (report.prompt_verdicts).
+      k: their k.
+      path: output PNG path (parent directories are created).
+      base_label, label: axis names.
+      title: the plot title.
+
+    Returns:
+      the path written (600 x 600 pixels).
+    """
+    fig = Figure(figsize=(FIGSIZE[1] * 1.5, FIGSIZE[1] * 1.5), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 100], [0, 100], color="0.8", linewidth=1, zorder=0)
+    for verdict in VERDICTS:
+        pts = [(100.0 * r["base_pass@k"], 100.0 * r["pass@k"]) for r in rows
+               if r["verdict"] == verdict]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.scatter(xs, ys, s=18, alpha=0.6, color=VERDICT_COLORS[verdict],
+                       label=f"{verdict} ({len(pts)})")
+    ax.set_xlim(-3, 103)
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel(f"{base_label} pass@{k} (%)")
+    ax.set_ylabel(f"{label} pass@{k} (%)")
+    ax.set_title(title or f"per-prompt pass@{k}")
+    ax.grid(True, alpha=0.3)
+    if rows:
         ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -179,6 +179,75 @@ def boundary_report(summaries: Mapping[str, dict], base: str | None = None) -> l
     return rows
 
 
+def prompt_verdicts(base: Sequence[PromptResult], other: Sequence[PromptResult], k: int,
+                    threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
+    """Per-prompt verdicts: how each prompt's pass@k moved from the base to another model.
+
+    Args:
+      base, other: per-prompt results of the two models; prompts are matched by id and
+        only prompts present in both count.
+      k: the k of the comparison (every prompt needs >= k samples in both).
+      threshold: a sample succeeds when its reward >= threshold.
+
+    Returns:
+      rows {"id", "task", "base_pass@1", "pass@1", "base_pass@k", "pass@k", "verdict"} in
+      the order of `other` (verdicts from `classify_boundary`).
+    """
+    by_id = {r.id: r for r in base}
+    rows = []
+    for r in other:
+        b = by_id.get(r.id)
+        if b is None:
+            continue
+        if min(len(r.rewards), len(b.rewards)) < k:
+            raise EvalError(f"prompt {r.id!r} has fewer than k={k} samples")
+        bc = pass_at_k_curve([b.rewards], [1, k], threshold)["pass@k"]
+        oc = pass_at_k_curve([r.rewards], [1, k], threshold)["pass@k"]
+        row = {"id": r.id, "task": r.task, "base_pass@1": bc[1], "pass@1": oc[1],
+               "base_pass@k": bc[k], "pass@k": oc[k]}
+        row["verdict"] = classify_boundary(bc[1], bc[k], oc[1], oc[k])
+        rows.append(row)
+    return rows
+
+
+def verdict_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """{verdict: number of rows} for every verdict in VERDICTS (zeros included)."""
+    counts = dict.fromkeys(VERDICTS, 0)
+    for r in rows:
+        counts[r["verdict"]] += 1
+    return counts
+
+
+def answer_stats(results: Sequence[PromptResult], threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """How often a model's answers are well formed, and how often the well-formed ones are
+    right: separates learning the skill from learning the answer format.
+
+    A sample is well formed when its domain's extractor (rewards.extract.answer_text) finds
+    an answer in it; it is right when its reward >= threshold.
+
+    Args:
+      results: per-prompt results with completions.
+      threshold: success threshold.
+
+    Returns:
+      {"samples", "well_formed" (share of samples), "accuracy_well_formed" (share of the
+      well-formed samples that are right; NaN when none is well formed)}.
+    """
+    from prorl_jax.rewards.extract import answer_text
+
+    samples = formed = right = 0
+    for r in results:
+        if len(r.completions) != len(r.rewards):
+            raise EvalError(f"prompt {r.id!r}: answer_stats needs the completions")
+        for text, reward in zip(r.completions, r.rewards):
+            samples += 1
+            if answer_text(r.domain, text) is not None:
+                formed += 1
+                right += reward >= threshold
+    return {"samples": samples, "well_formed": formed / samples if samples else math.nan,
+            "accuracy_well_formed": right / formed if formed else math.nan}
+
+
 def _pct(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100.0 * x:.1f}"
 
@@ -228,12 +297,14 @@ def boundary_lines(rows: list[dict], base: str) -> list[str]:
     return lines
 
 
-def render_markdown(report: Mapping[str, Any], plot_files: Mapping[str, str] | None = None) -> str:
+def render_markdown(report: Mapping[str, Any], plot_files: Mapping[str, str] | None = None,
+                    preamble: Sequence[str] = ()) -> str:
     """The Markdown report.
 
     Args:
       report: the dict written to results.json (see `build_report`).
       plot_files: {task: relative PNG path} to link under the tables.
+      preamble: Markdown lines placed under the title (a headline).
 
     Returns:
       Markdown text.
@@ -243,6 +314,8 @@ def render_markdown(report: Mapping[str, Any], plot_files: Mapping[str, str] | N
     ks = report["ks"]
     s = report.get("settings", {})
     lines = ["# pass@k evaluation", ""]
+    if preamble:
+        lines += [*preamble, ""]
     if s:
         lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in s.items()), ""]
     lines += [f"Success threshold: reward >= {report['threshold']}. pass@k is the unbiased "
@@ -301,8 +374,9 @@ def _json_safe(obj):
 
 
 def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any],
-                 plot_files: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """Write results.json and report.md into out_dir.
+                 plot_files: Mapping[str, str] | None = None,
+                 preamble: Sequence[str] = ()) -> tuple[str, str]:
+    """Write results.json and report.md (with `preamble` under its title) into out_dir.
 
     Returns:
       (json path, markdown path).
@@ -314,5 +388,5 @@ def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any],
         json.dump(_json_safe(report), f, indent=2, allow_nan=False)
         f.write("\n")
     with open(md_path, "w", encoding="utf-8") as f:
-        f.write(render_markdown(report, plot_files))
+        f.write(render_markdown(report, plot_files, preamble))
     return json_path, md_path

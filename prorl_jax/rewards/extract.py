@@ -64,3 +64,32 @@ def last_python_block(text: str) -> str | None:
     """
     blocks = _CODE_BLOCK.findall(text)
     return blocks[-1] if blocks else None
+
+
+def answer_text(domain: str, completion: str) -> str | None:
+    """The answer a domain's verifier judges, or None when the completion has none in the
+    expected form (a malformed answer): the boxed answer for math, the STEM extractor's
+    pick, the last <answer></answer> for Reasoning Gym, the last ```python block for code,
+    and the final text for instruction following.
+
+    Args:
+      domain: a reward domain (prorl_jax.rewards.DOMAINS).
+      completion: the decoded model output.
+
+    Returns:
+      The extracted answer, or None.
+    """
+    text = final_text(completion)
+    if domain == "math":
+        return last_boxed(text)
+    if domain == "stem":
+        from prorl_jax.rewards.stem_reward import extract_answer  # stem imports this module
+
+        return extract_answer(completion)
+    if domain == "reasoning_gym":
+        return last_tag(text, "answer")
+    if domain == "code":
+        return last_python_block(text)
+    if domain == "ifeval":
+        return text.strip() or None
+    raise ValueError(f"unknown reward domain {domain!r}")

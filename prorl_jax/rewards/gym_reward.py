@@ -5,7 +5,7 @@ import json
 
 from prorl_jax.errors import DataError
 from prorl_jax.rewards.base import Verdict
-from prorl_jax.rewards.extract import final_text, last_tag
+from prorl_jax.rewards.extract import answer_text
 
 
 @functools.cache
@@ -61,7 +61,7 @@ def score(completion: str, ground_truth) -> Verdict:
             raise DataError("composite Reasoning Gym entry lacks metadata.source_dataset")
         task = source
     fn = _score_fn(task)
-    answer = last_tag(final_text(completion), "answer")
+    answer = answer_text("reasoning_gym", completion)
     if answer is None:
         return Verdict(0.0, "no <answer></answer>")
     # JSON turned tuples (e.g. ARC grids) into lists; score_answer compares types.

@@ -4,7 +4,7 @@ import threading
 
 from prorl_jax.errors import DataError
 from prorl_jax.rewards.base import Verdict
-from prorl_jax.rewards.extract import final_text, last_boxed
+from prorl_jax.rewards.extract import answer_text
 
 # Math-Verify's own limit (seconds) for parsing and for checking one pair.
 MATH_VERIFY_TIMEOUT_S = 5
@@ -56,7 +56,7 @@ def score(completion: str, ground_truth) -> Verdict:
 
     if not isinstance(ground_truth, str | int | float) or not str(ground_truth).strip():
         raise DataError(f"math ground truth must be a non-empty answer string, got {ground_truth!r}")
-    answer = last_boxed(final_text(completion))
+    answer = answer_text("math", completion)
     if answer is None:
         return Verdict(0.0, "no \\boxed{} answer")
     if not answer.strip():

@@ -78,8 +78,11 @@ class Groups:
 
 def shape_rewards(cfg: TrainConfig, scores: np.ndarray, lengths: np.ndarray,
                   finished: np.ndarray) -> np.ndarray:
-    """Optional non-termination and DAPO overlong shaping of verifier scores."""
+    """Optional success thresholding, non-termination and DAPO overlong shaping of verifier
+    scores."""
     rewards = np.asarray(scores, np.float32)
+    if cfg.rl.success_threshold > 0:
+        rewards = (rewards >= cfg.rl.success_threshold).astype(np.float32)
     if cfg.rl.nontermination_penalty is not None:
         rewards = np.asarray(losses.nontermination_penalty(
             rewards, finished, reward=cfg.rl.nontermination_penalty), np.float32)

@@ -22,6 +22,8 @@ def check_positions(cfg: TrainConfig, model_cfg) -> None:
     budgets = [("sampling.max_new_tokens", cfg.sampling.max_new_tokens)]
     if cfg.data.val_sources:
         budgets.append(("validation.max_new_tokens", cfg.validation.max_new_tokens))
+    if cfg.boundary.num_prompts:
+        budgets.append(("boundary.max_new_tokens", cfg.boundary.max_new_tokens))
     prompt = cfg.sampling.max_prompt_tokens
     for key, new in budgets:
         if prompt + new > limit:

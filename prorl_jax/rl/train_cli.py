@@ -160,4 +160,8 @@ def format_summary(summary: dict) -> str:
                      f"(every group got identical rewards)")
     if "hf_dir" in summary:
         lines.append(f"final policy (Hugging Face format): {summary['hf_dir']}")
+    if summary.get("boundary"):
+        from prorl_jax.rl.boundary import summary_lines
+
+        lines += summary_lines(summary["boundary"])
     return "\n".join(lines)

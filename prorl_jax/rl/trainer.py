@@ -8,6 +8,7 @@ Run-directory layout:
     checkpoints/<s>/   the last `checkpoint.keep_last` train states (Orbax)
     pre_reset/<s>/     the policy/reference/optimizer just before each reference reset
     hf/                the final policy in Hugging Face format
+    boundary/          base vs final policy on held-out prompts (config `boundary`, rl/boundary.py)
     summary.json       validation before / after, resets, steps (written at the end)
 """
 
@@ -161,6 +162,10 @@ class Trainer:
             if resume:
                 resume_step = self._restore()
                 self._saved_step = resume_step
+                if self.boundary_records:  # changed boundary settings fail before any write
+                    from prorl_jax.rl import boundary
+
+                    boundary.stored(self.run_dir, "base", cfg, self.boundary_records)
             if self.primary:
                 write_config(self.run_dir, cfg)
                 self.metrics = MetricsLogger(self.run_dir, cfg.logging, resume_step=resume_step,
@@ -220,9 +225,22 @@ class Trainer:
                                                 cfg.sampling.max_prompt_tokens,
                                                 use_chat_template=cfg.data.use_chat_template)
         check_chat_template(self.formatter, self.model_dir)
-        self.iterator = data_lib.build_iterator(cfg.data, split="train")
-        self.val_records = (data_lib.build_iterator(cfg.data, split="val").next_batch(
-            cfg.validation.num_prompts) if cfg.data.val_sources else [])
+        # The held-out prompts come first: training data whose prompt text is one of them
+        # is left out (data.exclude_val_prompts), so held-out stays held out.
+        self.val_records, self.boundary_records, held_out = [], [], frozenset()
+        if cfg.data.val_sources:
+            val = data_lib.build_iterator(cfg.data, split="val")
+            if cfg.data.exclude_val_prompts:
+                held_out = frozenset(r.prompt for src in val.sources for r in src)
+            first = val.next_batch(max(cfg.validation.num_prompts, cfg.boundary.num_prompts))
+            self.val_records = first[:cfg.validation.num_prompts]
+            # Distinct prompts only: per-prompt verdicts are keyed by record id.
+            self.boundary_records = list({str(r.id): r for r in
+                                          first[:cfg.boundary.num_prompts]}.values())
+        self.iterator = data_lib.build_iterator(cfg.data, split="train", exclude_prompts=held_out)
+        if any(self.iterator.excluded.values()):
+            log.info("left out of the training data, as held-out prompts: %s",
+                     ", ".join(f"{n} {c}" for n, c in self.iterator.excluded.items() if c))
         self.pool = rewards.RewardPool(cfg.rewards.num_workers, cfg.rewards.timeout_s,
                                        code_timeout_s=cfg.rewards.code_timeout_s,
                                        preload=_domains(cfg))
@@ -466,6 +484,60 @@ class Trainer:
                                 decode_slots=self.cfg.sampling.decode_slots,
                                 steps_per_sync=self.cfg.sampling.steps_per_sync)
 
+    def boundary_samples(self, label: str) -> list | None:
+        """The boundary samples of the current policy as `label` ("base" / "final"), saved
+        to RUN_DIR/boundary/samples (rl/boundary.py); None when boundary is off."""
+        if not self.boundary_records:
+            return None
+        from tqdm.auto import tqdm
+
+        from prorl_jax.eval.runner import evaluate_records, tokenizer_decoder
+        from prorl_jax.rl import boundary
+        from prorl_jax.sampling import SamplingParams
+
+        b, s = self.cfg.boundary, self.cfg.sampling
+        sampling = SamplingParams(temperature=b.temperature, top_p=b.top_p,
+                                  max_new_tokens=b.max_new_tokens, n=b.n,
+                                  stop_token_ids=tuple(self.stop_ids))
+        bar = tqdm(total=len(self.boundary_records), desc=f"boundary ({label})", unit="prompt",
+                   disable=not (self.cfg.logging.progress and self.primary), dynamic_ncols=True)
+        results = evaluate_records(
+            self.model_cfg, self.state.params, self.boundary_records,
+            encode=self.formatter.encode, decode=tokenizer_decoder(self.tokenizer),
+            score=self.pool, sampling=sampling, seed=self.cfg.seed, mesh=self.mesh,
+            batch_prompts=64, max_batch_tokens=s.max_batch_tokens or None, progress=bar,
+            engine=s.engine, decode_slots=s.decode_slots, steps_per_sync=s.steps_per_sync)
+        bar.close()
+        results = boundary.with_fingerprints(results, self.boundary_records)
+        if len(results) < len(self.boundary_records):
+            raise ConfigError(f"boundary: {len(self.boundary_records) - len(results)} held-out "
+                              f"prompt(s) are longer than sampling.max_prompt_tokens "
+                              f"({s.max_prompt_tokens}); raise it or lower boundary.num_prompts")
+        if self.primary:
+            boundary.save(self.run_dir, label, self.cfg, results)
+        return results
+
+    def _boundary_report(self) -> dict | None:
+        """The final policy's boundary samples and the report (None when off, or when the
+        run started without them)."""
+        if not self.boundary_records:
+            return None
+        from prorl_jax.rl import boundary
+
+        base = boundary.stored(self.run_dir, "base", self.cfg, self.boundary_records)
+        if base is None:
+            log.warning("boundary: %s has no base samples (the run started with "
+                        "boundary.num_prompts 0), so there is no boundary report", self.run_dir)
+            return None
+        final = self.boundary_samples("final")
+        if not self.primary:
+            return None
+        train_prompts = {r.prompt for src in self.iterator.sources for r in src}
+        data_overlap = boundary.overlap(self.boundary_records, train_prompts,
+                                        boundary.warmup_prompts(self.model_dir))
+        return boundary.write(self.run_dir, base, final, self.cfg, data_overlap,
+                              excluded=self.iterator.excluded)
+
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict:
@@ -497,6 +569,8 @@ class Trainer:
             self.counters.val_before = before
             self.counters.val_history.append(before.get("val/reward/mean", 0.0))
             self.metrics.write(0, before)
+        if self.boundary_records and start == 0:
+            self.boundary_samples("base")  # before step 1: the base, never a reset reference
         if self.counters.val_before is None and "val_before" in previous:
             self.counters.val_before = previous["val_before"]  # run from before the counter
         if self.counters.val_before is not None:
@@ -535,6 +609,9 @@ class Trainer:
                 after = self.validate()
                 self.metrics.write(int(self.state.step), after)
             summary["val_after"] = after
+        report = self._boundary_report()
+        if report is not None:
+            summary["boundary"] = report
         if cfg.checkpoint.export_hf:
             from prorl_jax.model.hf import save_hf
 

@@ -136,3 +136,33 @@ def test_build_iterator_train_and_val(tmp_path, caplog):
         build_iterator(DataConfig(sources=cfg.sources), split="val")
     with pytest.raises(ConfigError, match="split must be"):
         build_iterator(cfg, split="test")
+
+
+def _gym(size, seed, lo, hi):
+    return SourceConfig(kind="reasoning_gym", tasks=("spell_backward",), size=size, seed=seed,
+                        task_config={"spell_backward": {"min_word_len": lo, "max_word_len": hi}})
+
+
+def test_exclude_prompts_drops_held_out_text_and_counts_it():
+    from prorl_jax.data import load_reasoning_gym
+
+    train_src = _gym(3000, 500, 3, 3)  # 3-letter words repeat: a held-out word is in here
+    cfg = DataConfig(sources=(train_src,))
+    every = build_iterator(cfg).sources[0]
+    held_out = {r.prompt for r in load_reasoning_gym(_gym(50, 7, 3, 3))}
+    hits = sum(r.prompt in held_out for r in every)
+    assert hits > 0
+    it = build_iterator(cfg, exclude_prompts=held_out)
+    assert len(it.sources[0]) == len(every) - hits
+    assert it.excluded == {it.names[0]: hits}
+    assert not any(r.prompt in held_out for r in it.sources[0])
+    assert build_iterator(cfg).excluded == {it.names[0]: 0}
+
+
+def test_a_source_of_nothing_but_held_out_prompts_is_refused():
+    from prorl_jax.data import load_reasoning_gym
+
+    src = _gym(20, 7, 6, 6)
+    cfg = DataConfig(sources=(src,))
+    with pytest.raises(DataError, match="all 20 records are held-out prompts"):
+        build_iterator(cfg, exclude_prompts={r.prompt for r in load_reasoning_gym(src)})

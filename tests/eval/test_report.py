@@ -1,6 +1,7 @@
 """Aggregation, boundary verdicts, report files, plots and the resumable JSONL store."""
 
 import json
+import math
 
 import matplotlib.image as mpimg
 import pytest
@@ -137,3 +138,38 @@ def test_store_bad_middle_line_is_an_error(tmp_path):
     path.write_text('{"id": "a"}\n' + json.dumps(R("b", "t", "math", [1]).to_json()) + "\n")
     with pytest.raises(EvalError, match=r"m.jsonl:1: not a per-prompt result"):
         read_results(path)
+
+
+def test_prompt_verdicts_match_by_id_and_count_every_verdict():
+    from prorl_jax.eval.report import prompt_verdicts, verdict_counts
+
+    def res(pid, rewards):
+        return PromptResult(id=pid, task="t", domain="math", rewards=tuple(rewards))
+
+    base = [res("a", [0, 0, 0, 0]), res("b", [1, 0, 0, 0]), res("c", [1, 1, 1, 1]),
+            res("gone", [0, 0, 0, 0])]
+    final = [res("c", [1, 0, 0, 0]), res("a", [0, 1, 0, 0]), res("b", [1, 1, 0, 0]),
+             res("new", [1, 1, 1, 1])]
+    rows = prompt_verdicts(base, final, 2)
+    assert [(r["id"], r["verdict"]) for r in rows] == [("c", "shrunk"), ("a", "expanded"),
+                                                       ("b", "improved")]
+    assert rows[1]["base_pass@k"] == 0 and rows[1]["pass@k"] == 0.5
+    assert rows[1]["pass@1"] == pytest.approx(0.25) and rows[2]["pass@k"] == pytest.approx(5 / 6)
+    assert verdict_counts(rows) == {"expanded": 1, "improved": 1, "unchanged": 0,
+                                    "unsolved": 0, "diminish": 0, "shrunk": 1}
+    with pytest.raises(EvalError, match="fewer than k=8"):
+        prompt_verdicts(base, final, 8)
+
+
+def test_answer_stats_separates_format_from_accuracy():
+    from prorl_jax.eval.report import answer_stats
+
+    r = PromptResult(id="a", task="t", domain="math", rewards=(1.0, 0.0, 0.0, 0.0),
+                     completions=("\\boxed{2}", "\\boxed{3}", "2", "no idea"))
+    s = answer_stats([r])
+    assert s == {"samples": 4, "well_formed": 0.5, "accuracy_well_formed": 0.5}
+    none = answer_stats([PromptResult(id="b", task="t", domain="math", rewards=(0.0,),
+                                      completions=("x",))])
+    assert none["well_formed"] == 0 and math.isnan(none["accuracy_well_formed"])
+    with pytest.raises(EvalError, match="needs the completions"):
+        answer_stats([PromptResult(id="c", task="t", domain="math", rewards=(1.0,))])

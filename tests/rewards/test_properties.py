@@ -3,6 +3,7 @@ exception), and box extraction handles arbitrary nesting."""
 
 import json
 
+import pytest
 import reasoning_gym
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,3 +42,24 @@ def test_last_boxed_balanced(inner):
             depth += {"{": 1, "}": -1}.get(ch, 0)
             assert depth >= 0
         assert depth == 0
+
+
+def test_answer_text_is_what_each_verifier_reads():
+    from prorl_jax.rewards.extract import answer_text
+
+    think = "<think>draft <answer>no</answer> \\boxed{9}</think>"
+    assert answer_text("reasoning_gym", think + " <answer> tenalp </answer>") == "tenalp"
+    assert answer_text("reasoning_gym", think + " tenalp") is None
+    assert answer_text("math", think + " so \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert answer_text("math", think + " 1/2") is None
+    assert answer_text("code", "```python\nprint(1)\n```") == "print(1)\n"
+    assert answer_text("code", "print(1)") is None
+    assert answer_text("ifeval", think + "  hello ") == "hello"
+    assert answer_text("ifeval", think + "  ") is None
+    with pytest.raises(ValueError, match="unknown reward domain"):
+        answer_text("chess", "e4")
+    # A Reasoning Gym completion without an answer scores 0, as answer_text says it has none.
+    gt = {"task": "spell_backward", "entry": {"question": "q", "answer": "tenalp",
+                                             "metadata": {"source_dataset": "spell_backward"}}}
+    assert rewards.get("reasoning_gym")(think + " tenalp", gt) == 0.0
+    assert rewards.get("reasoning_gym")(think + " <answer>tenalp</answer>", gt) == 1.0

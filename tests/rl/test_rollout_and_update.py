@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from prorl_jax import losses
+from prorl_jax.errors import ConfigError
 from prorl_jax.model import hf
 from prorl_jax.rl import state as state_lib
 from prorl_jax.rl.rollout import DynamicSamplingError, RolloutWorker
@@ -205,3 +206,19 @@ def test_reference_reset_zeroes_kl_and_optimizer_moments(setup):
     reset = state_lib.reset_reference(state, opt, reset_optimizer=True)
     assert kl(reset) == 0.0
     assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in moments(reset))
+
+
+def test_success_threshold_turns_partial_credit_into_success():
+    from prorl_jax.config import TrainConfig, build
+    from prorl_jax.rl.rollout import shape_rewards
+
+    scores = np.array([1.0, 0.8333, 0.0, 0.99], np.float32)
+    lengths, finished = np.array([9, 9, 12, 9]), np.array([True, True, False, True])
+    as_is = shape_rewards(TrainConfig(), scores, lengths, finished)
+    np.testing.assert_array_equal(as_is, scores)
+    cfg = build(TrainConfig, {"rl": {"success_threshold": 1.0}})
+    np.testing.assert_array_equal(shape_rewards(cfg, scores, lengths, finished), [1, 0, 0, 0])
+    cfg = build(TrainConfig, {"rl": {"success_threshold": 0.8, "nontermination_penalty": -1.0}})
+    np.testing.assert_array_equal(shape_rewards(cfg, scores, lengths, finished), [1, 1, -1, 1])
+    with pytest.raises(ConfigError, match="rl.success_threshold must be in"):
+        build(TrainConfig, {"rl": {"success_threshold": 2.0}})

@@ -27,7 +27,7 @@ assert_train_error = functools.partial(assert_one_line_error, command="train",
 TINY = ["steps=2", "rl.prompts_per_step=2", "rl.mini_batch_prompts=2", "rl.max_gen_batches=1",
         "validation.every_steps=0", "validation.num_prompts=4", "validation.n=2",
         "reference_reset.every_steps=1", "checkpoint.every_steps=1", "rewards.num_workers=1",
-        "checkpoint.export_hf=false"]
+        "checkpoint.export_hf=false", "boundary.num_prompts=0"]
 
 
 def fake_run(path: pathlib.Path, config_text: str) -> pathlib.Path:
@@ -86,8 +86,12 @@ def test_eval_threshold_above_one_is_refused(tmp_path):
 def test_response_budget_beyond_model_positions_fails_at_start(tmp_path):
     run = tmp_path / "run"
     proc = prorl("train", "--run-dir", run, "--set", "sampling.max_new_tokens=4000")
-    assert_train_error(proc, "sampling.max_prompt_tokens (64) + sampling.max_new_tokens "
-                                "(4000) = 4064 exceeds the model's max_position_embeddings (2048)")
+    assert_train_error(proc, "sampling.max_prompt_tokens (128) + sampling.max_new_tokens "
+                                "(4000) = 4128 exceeds the model's max_position_embeddings (2048)")
+    assert not run.exists()
+    proc = prorl("train", "--run-dir", run, "--set", "boundary.max_new_tokens=1990")
+    assert_train_error(proc, "sampling.max_prompt_tokens (128) + boundary.max_new_tokens "
+                                "(1990) = 2118 exceeds the model's max_position_embeddings (2048)")
     assert not run.exists()
 
 
