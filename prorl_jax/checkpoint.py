@@ -238,8 +238,16 @@ class _OrphanedOrbaxTasks(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not ("exception was never retrieved" in message.split("\n", 1)[0]
-                    and ("orbax" in message or "tensorstore" in message))
+        if "exception was never retrieved" not in message.split("\n", 1)[0]:
+            return True
+        # A plain Future's or _GatheringFuture's report names no coroutine: the Orbax frames
+        # are only in its traceback, and TensorStore spells itself "TensorStore".
+        text = message.lower()
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            text += "".join(f.filename.lower() for f in traceback.extract_tb(exc.__traceback__))
+            text += str(exc).lower()
+        return not ("orbax" in text or "tensorstore" in text)
 
 
 def _is_closed_loop_callback(exc: BaseException) -> bool:

@@ -97,3 +97,28 @@ def test_load_hf_matches_transformers(tokenizer):
     with torch.no_grad():
         theirs = model(torch.from_numpy(tokens).long()).logits.numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_warmup_data_describes_the_build_and_holds_out_the_demo_val_prompts(tmp_path, demo_task):
+    """warmup_data.json is what tools/make_demo_base.py writes, its removed source is the
+    demo's data.val_sources, and the regenerated warm-up shares no prompt with it."""
+    import json
+    import sys
+
+    from prorl_jax.config import load_config, resolve_config_path, to_dict
+    from prorl_jax.rl import boundary
+
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import make_demo_base
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    make_demo_base.write_warmup_data(tmp_path)
+    shipped = json.loads((BASE / "warmup_data.json").read_text())
+    assert json.loads((tmp_path / "warmup_data.json").read_text()) == shipped
+    cfg = load_config(resolve_config_path("demo"))
+    assert shipped["minus"] == [to_dict(s) for s in cfg.data.val_sources]
+    warmup = boundary.warmup_prompts(BASE)
+    held_out = demo_task.records(256, demo_task.EVAL_SEED)
+    assert len(warmup) > 1000
+    assert boundary.overlap(held_out, set(), warmup)["warmup"] == 0

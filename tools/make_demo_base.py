@@ -196,6 +196,17 @@ def report(cfg, params, tokenizer, n: int) -> dict:
     return results
 
 
+def write_warmup_data(out: pathlib.Path) -> None:
+    """warmup_data.json: the SFT pool's source minus the held-out prompts' source, from which
+    the trainer regenerates the warm-up prompts to check by exact text that no held-out prompt
+    was seen (rl/boundary.py)."""
+    from prorl_jax.config import to_dict
+
+    spec = {"sources": [to_dict(demo_task.source_config(SFT_POOL, demo_task.SFT_SEED))],
+            "minus": [to_dict(demo_task.source_config(EVAL_PROMPTS, demo_task.EVAL_SEED))]}
+    (pathlib.Path(out) / "warmup_data.json").write_text(json.dumps(spec, indent=2) + "\n")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     import jax
@@ -226,6 +237,7 @@ def main(argv=None) -> None:
 
     hf.save_hf(str(args.out), cfg, params)
     demo_task.save_tokenizer(tokenizer, args.out)
+    write_warmup_data(args.out)
     print(f"saved {args.out}", flush=True)
     if not args.no_eval:
         report(cfg, params, tokenizer, args.eval_n)

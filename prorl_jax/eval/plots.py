@@ -65,14 +65,16 @@ VERDICT_COLORS = {"expanded": "tab:green", "improved": "tab:blue", "unchanged": 
 
 def plot_prompt_scatter(rows, k: int, path: str | os.PathLike, *, base_label: str = "base",
                         label: str = "final", title: str | None = None) -> str:
-    """One point per prompt: the base's pass@k against another model's, colored by verdict.
+    """One point per prompt: its pass@1 (success rate) under the base against under another
+    model, colored by its pass@k verdict.
 
-    Points above the diagonal are prompts the model solves more often than the base; the
-    ones on the left edge above zero are "expanded" (the base never solved them). Prompts
-    with equal values overlap, so each verdict's count is in the legend.
+    Per prompt, pass@k at k = n is 0 or 1 (was it ever solved), so the success rates carry
+    the spread; the colors say how the boundary moved: "expanded" points sit on the left
+    edge (never solved by the base), "shrunk" ones on the bottom edge. Each verdict's count
+    is in the legend.
 
     Args:
-      rows: per-prompt verdict rows (report.prompt_verdicts).
+      rows: per-prompt verdict rows (report.prompt_verdicts) at this k.
       k: their k.
       path: output PNG path (parent directories are created).
       base_label, label: axis names.
@@ -86,17 +88,17 @@ def plot_prompt_scatter(rows, k: int, path: str | os.PathLike, *, base_label: st
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 100], [0, 100], color="0.8", linewidth=1, zorder=0)
     for verdict in VERDICTS:
-        pts = [(100.0 * r["base_pass@k"], 100.0 * r["pass@k"]) for r in rows
+        pts = [(100.0 * r["base_pass@1"], 100.0 * r["pass@1"]) for r in rows
                if r["verdict"] == verdict]
         if pts:
             xs, ys = zip(*pts)
             ax.scatter(xs, ys, s=18, alpha=0.6, color=VERDICT_COLORS[verdict],
-                       label=f"{verdict} ({len(pts)})")
+                       label=f"{verdict} at pass@{k} ({len(pts)})")
     ax.set_xlim(-3, 103)
     ax.set_ylim(-3, 103)
-    ax.set_xlabel(f"{base_label} pass@{k} (%)")
-    ax.set_ylabel(f"{label} pass@{k} (%)")
-    ax.set_title(title or f"per-prompt pass@{k}")
+    ax.set_xlabel(f"{base_label}: success rate per prompt, pass@1 (%)")
+    ax.set_ylabel(f"{label}: success rate per prompt, pass@1 (%)")
+    ax.set_title(title or f"per-prompt pass@1, colored by the pass@{k} verdict")
     ax.grid(True, alpha=0.3)
     if rows:
         ax.legend(loc="lower right", fontsize="small")

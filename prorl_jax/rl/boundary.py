@@ -182,8 +182,8 @@ def write(run_dir, base: Sequence[PromptResult], final: Sequence[PromptResult], 
     rep.update(prompts=rows, verdict_counts=counts, answers=answers, headline=summary)
     plots = plot_report(rep, out / "plots", rel_to=out)
     scatter = plot_prompt_scatter(rows, n, out / "plots" / "prompt_scatter.png",
-                                  title=f"held-out prompts: pass@{n}, base vs final")
-    plots[f"per-prompt pass@{n}"] = os.path.relpath(scatter, out)
+                                  title=f"held-out prompts: pass@1, colored by pass@{n} verdict")
+    plots["per prompt"] = os.path.relpath(scatter, out)
     _, md = report_lib.write_report(out, rep, plots, preamble=headline_lines(summary))
     summary["report"] = md
     return summary

@@ -238,9 +238,6 @@ class Trainer:
             self.boundary_records = list({str(r.id): r for r in
                                           first[:cfg.boundary.num_prompts]}.values())
         self.iterator = data_lib.build_iterator(cfg.data, split="train", exclude_prompts=held_out)
-        if any(self.iterator.excluded.values()):
-            log.info("left out of the training data, as held-out prompts: %s",
-                     ", ".join(f"{n} {c}" for n, c in self.iterator.excluded.items() if c))
         self.pool = rewards.RewardPool(cfg.rewards.num_workers, cfg.rewards.timeout_s,
                                        code_timeout_s=cfg.rewards.code_timeout_s,
                                        preload=_domains(cfg))
@@ -562,6 +559,9 @@ class Trainer:
             return {**previous, "already_finished": True}
         summary: dict[str, Any] = {"run_dir": str(self.run_dir),
                                    "start_step": previous.get("start_step", start)}
+        if any(self.iterator.excluded.values()):  # logged once the run has started
+            log.info("left out of the training data, as held-out prompts: %s",
+                     ", ".join(f"{n} {c}" for n, c in self.iterator.excluded.items() if c))
         if self.manual_reset:
             self.reset_reference("manual (--reset-reference)")
         if self.val_records and start == 0:

@@ -228,8 +228,21 @@ def test_orphaned_read_reports_are_muted_and_others_are_not(caplog):
         gathering.run_until_complete(failed)
         future = gathering.create_future()
         future.set_exception(Exception("reading array (orbax)"))  # "Future exception was ..."
+        # Neither word in the message, only in the traceback's frames, or as "TensorStore".
+        raiser = compile("def read():\n    raise ValueError('error while reading array')\n",
+                         "/site-packages/orbax/checkpoint/_src/serialization/tensorstore_utils.py",
+                         "exec")
+        namespace = {}
+        exec(raiser, namespace)
+        framed = gathering.create_future()
+        try:
+            namespace["read"]()
+        except ValueError as e:
+            framed.set_exception(e)
+        spelled = gathering.create_future()
+        spelled.set_exception(ValueError("See full TensorStore details: {'driver': 'zarr'}"))
         gathering.close()
-        del future
+        del future, framed, spelled
         gc.collect()
         assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
         orphan("/home/user/my_code.py")

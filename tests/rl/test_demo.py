@@ -30,10 +30,11 @@ def train_demo(run: pathlib.Path, sets: list[str]):
 def test_shortened_demo_improves_reward(tmp_path):
     run = tmp_path / "demo"
     # The demo config with 16 steps instead of 40 (reset at step 8), validation only before
-    # and after, on 120 held-out prompts x 4 samples.
+    # and after, on 120 held-out prompts x 4 samples; the boundary report on 32 x 16.
     stdout, rows, summary = train_demo(run, [
         "steps=16", "reference_reset.every_steps=8", "checkpoint.every_steps=8",
-        "validation.every_steps=0", "validation.num_prompts=120"])
+        "validation.every_steps=0", "validation.num_prompts=120", "boundary.num_prompts=32",
+        "boundary.n=16"])
     before = rows[0]["val/pass@1"]
     steps = [r for r in rows if "reward/mean" in r]
     assert [r["step"] for r in steps] == list(range(1, 17))
@@ -51,6 +52,21 @@ def test_shortened_demo_improves_reward(tmp_path):
     assert (run / "pre_reset" / "8").is_dir() and (run / "hf" / "model.safetensors").is_file()
     # recompute (the default) logs the rollout/trainer mismatch over every token.
     assert all(r["logp_mismatch/max"] <= LOGP_MISMATCH_MAX for r in steps if r["groups/kept"])
+    # The boundary report: base sampled before step 1, final after step 16, same prompts; no
+    # held-out prompt in the RL data (left out by text) or the base's warm-up data.
+    b = summary["boundary"]
+    assert b["num_prompts"] == 32 and sum(b["verdicts"].values()) == 32
+    assert b["overlap"] == {"held_out_prompts": 32, "rl_training": 0, "warmup": 0}
+    assert sum(b["excluded_from_training"].values()) > 0  # arithmetic questions repeat
+    assert 0 <= b["now_solved"] <= b["base_unsolved"]
+    assert b["pass@1"][0] <= b["pass@16"][0] and b["pass@1"][1] <= b["pass@16"][1]
+    report = run / "boundary"
+    results = json.loads((report / "results.json").read_text())
+    assert results["ks"] == [1, 2, 4, 8, 16] and len(results["prompts"]) == 32
+    assert (report / "plots" / "prompt_scatter.png").is_file()
+    assert f"tries are now solved; report: {report / 'report.md'}" in stdout
+    base = [json.loads(x) for x in (report / "samples" / "base.jsonl").read_text().splitlines()]
+    assert len(base) == 32 and all(len(r["rewards"]) == 16 for r in base)
 
 
 @pytest.mark.slow  # ~60 s on 2 quiet cores (70 s of CPU)
@@ -60,9 +76,10 @@ def test_demo_with_sampler_logprobs_learns(tmp_path):
     stdout, rows, summary = train_demo(tmp_path / "demo", [
         "steps=8", "rl.old_logprobs=sampler", "reference_reset.every_steps=0",
         "checkpoint.every_steps=0", "checkpoint.export_hf=false", "logging.tensorboard=false",
-        "validation.every_steps=0", "validation.num_prompts=64"])
+        "validation.every_steps=0", "validation.num_prompts=64", "boundary.num_prompts=0"])
     steps = [r for r in rows if "reward/mean" in r]
     assert [r["step"] for r in steps] == list(range(1, 9))
+    assert "boundary" not in summary and not (tmp_path / "demo" / "boundary").exists()
     rewards = np.array([r["reward/mean"] for r in steps])
     assert rewards[4:].mean() > rewards[:4].mean() + 0.03, rewards
     before, after = summary["val_before"]["val/pass@1"], summary["val_after"]["val/pass@1"]

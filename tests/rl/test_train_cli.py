@@ -86,12 +86,12 @@ def test_eval_threshold_above_one_is_refused(tmp_path):
 def test_response_budget_beyond_model_positions_fails_at_start(tmp_path):
     run = tmp_path / "run"
     proc = prorl("train", "--run-dir", run, "--set", "sampling.max_new_tokens=4000")
-    assert_train_error(proc, "sampling.max_prompt_tokens (128) + sampling.max_new_tokens "
-                                "(4000) = 4128 exceeds the model's max_position_embeddings (2048)")
+    assert_train_error(proc, "sampling.max_prompt_tokens (64) + sampling.max_new_tokens "
+                                "(4000) = 4064 exceeds the model's max_position_embeddings (2048)")
     assert not run.exists()
     proc = prorl("train", "--run-dir", run, "--set", "boundary.max_new_tokens=1990")
-    assert_train_error(proc, "sampling.max_prompt_tokens (128) + boundary.max_new_tokens "
-                                "(1990) = 2118 exceeds the model's max_position_embeddings (2048)")
+    assert_train_error(proc, "sampling.max_prompt_tokens (64) + boundary.max_new_tokens "
+                                "(1990) = 2054 exceeds the model's max_position_embeddings (2048)")
     assert not run.exists()
 
 
@@ -194,11 +194,14 @@ def tensorboard_tags(directory: pathlib.Path) -> set[str]:
 @pytest.mark.slow
 def test_run_logs_final_validation_then_resume_of_finished_run_changes_nothing(tmp_path):
     run = tmp_path / "run"
-    proc = prorl("train", "--run-dir", run, *sets(TINY))
+    proc = prorl("train", "--run-dir", run, *sets([*TINY, "boundary.num_prompts=4",
+                                                   "boundary.n=2"]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [0, 1, 2]
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["boundary"]["num_prompts"] == 4 and "tries are now solved" in proc.stdout
+    base_samples = (run / "boundary" / "samples" / "base.jsonl").read_bytes()
     # The final validation is the last step's row (and TensorBoard), not only summary.json.
     assert summary["val_after"] == {k: v for k, v in rows[-1].items() if k.startswith("val/")}
     assert "val/pass@1" in summary["val_after"]
@@ -221,12 +224,23 @@ def test_run_logs_final_validation_then_resume_of_finished_run_changes_nothing(t
     assert "already finished at step 2" in proc.stdout and "--set steps=N" in proc.stdout
     assert (run / "summary.json").read_bytes() == before
 
-    # Extended by one step: the base model's validation survives into the new summary.
+    # Other boundary settings than the base samples were made with: refused before anything
+    # is written (the comparison would be meaningless).
+    config_before = (run / "config.yaml").read_bytes()
+    proc = prorl("train", "--resume", run, "--set", "steps=3", "--set", "boundary.n=4")
+    assert_train_error(proc, "boundary.n: ")
+    assert "n=2, not 4" in proc.stderr
+    assert (run / "config.yaml").read_bytes() == config_before
+
+    # Extended by one step: the base model's validation survives into the new summary, and
+    # the boundary report compares the new final policy with the same base samples.
     proc = prorl("train", "--resume", run, "--set", "steps=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     extended = json.loads((run / "summary.json").read_text())
     assert extended["steps"] == 3 and extended["start_step"] == 0
     assert extended["val_before"] == summary["val_before"]
+    assert (run / "boundary" / "samples" / "base.jsonl").read_bytes() == base_samples
+    assert extended["boundary"]["pass@1"][0] == summary["boundary"]["pass@1"][0]
     assert "val/pass@1" in read_metrics(run)[-1]
 
 
