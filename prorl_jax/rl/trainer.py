@@ -237,6 +237,13 @@ class Trainer:
             # Distinct prompts only: per-prompt verdicts are keyed by record id.
             self.boundary_records = list({str(r.id): r for r in
                                           first[:cfg.boundary.num_prompts]}.values())
+            too_long = sum(self.formatter.encode(r) is None for r in self.boundary_records)
+            if too_long:  # the comparison needs every prompt: fail before anything is written
+                raise ConfigError(f"boundary.num_prompts: {too_long} of the first "
+                                  f"{len(self.boundary_records)} held-out prompts are longer "
+                                  f"than sampling.max_prompt_tokens "
+                                  f"({cfg.sampling.max_prompt_tokens}); raise it or lower "
+                                  f"boundary.num_prompts")
         self.iterator = data_lib.build_iterator(cfg.data, split="train", exclude_prompts=held_out)
         self.pool = rewards.RewardPool(cfg.rewards.num_workers, cfg.rewards.timeout_s,
                                        code_timeout_s=cfg.rewards.code_timeout_s,
@@ -506,10 +513,6 @@ class Trainer:
             engine=s.engine, decode_slots=s.decode_slots, steps_per_sync=s.steps_per_sync)
         bar.close()
         results = boundary.with_fingerprints(results, self.boundary_records)
-        if len(results) < len(self.boundary_records):
-            raise ConfigError(f"boundary: {len(self.boundary_records) - len(results)} held-out "
-                              f"prompt(s) are longer than sampling.max_prompt_tokens "
-                              f"({s.max_prompt_tokens}); raise it or lower boundary.num_prompts")
         if self.primary:
             boundary.save(self.run_dir, label, self.cfg, results)
         return results

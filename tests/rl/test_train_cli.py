@@ -95,6 +95,14 @@ def test_response_budget_beyond_model_positions_fails_at_start(tmp_path):
     assert not run.exists()
 
 
+def test_boundary_prompts_over_the_prompt_budget_fail_at_start(tmp_path):
+    run = tmp_path / "run"
+    proc = prorl("train", "--run-dir", run, "--set", "sampling.max_prompt_tokens=40")
+    assert_train_error(proc, "boundary.num_prompts: 64 of the first 64 held-out prompts are "
+                             "longer than sampling.max_prompt_tokens (40)")
+    assert not run.exists()
+
+
 def test_broken_chat_template_fails_at_start_and_leaves_no_run_dir(tmp_path):
     model = tmp_path / "model"
     shutil.copytree(DEMO_BASE, model)
