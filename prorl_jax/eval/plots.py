@@ -49,9 +49,14 @@ def plot_pass_at_k(curves: Mapping[str, Mapping[int, float]], title: str,
     ax.set_ylim(-2, 102)
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("pass@k (%)")
+    return _finish(fig, ax, title, path, legend=bool(curves))
+
+
+def _finish(fig, ax, title: str, path, *, legend: bool) -> str:
+    """Title, grid and legend, then the PNG (parent directories created); returns the path."""
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if curves:
+    if legend:
         ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -98,14 +103,8 @@ def plot_prompt_scatter(rows, k: int, path: str | os.PathLike, *, base_label: st
     ax.set_ylim(-3, 103)
     ax.set_xlabel(f"{base_label}: success rate per prompt, pass@1 (%)")
     ax.set_ylabel(f"{label}: success rate per prompt, pass@1 (%)")
-    ax.set_title(title or f"per-prompt pass@1, colored by the pass@{k} verdict")
-    ax.grid(True, alpha=0.3)
-    if rows:
-        ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png")
-    return str(path)
+    return _finish(fig, ax, title or f"per-prompt pass@1, colored by the pass@{k} verdict",
+                   path, legend=bool(rows))
 
 
 def plot_file_name(task: str) -> str:
