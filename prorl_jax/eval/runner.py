@@ -170,7 +170,7 @@ def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
             rewards = [float(x) for x in gen.scores]
             for i, (r, _) in enumerate(kept):
                 rows = slice(i * n, (i + 1) * n)
-                as_dict = _record_dict(r)
+                as_dict = record_dict(r)
                 batch_results.append(PromptResult(
                     id=str(r.id), task=record_task(as_dict), domain=r.domain,
                     rewards=tuple(rewards[rows]), completions=tuple(texts[rows]),
@@ -184,7 +184,8 @@ def evaluate_records(model_cfg, params, records: Sequence, *, encode: Callable,
     return out_results
 
 
-def _record_dict(r) -> dict:
+def record_dict(r) -> dict:
+    """A prompt record as the dict `record_task` and `record_fingerprint` take."""
     return {"domain": r.domain, "prompt": r.prompt, "ground_truth": r.ground_truth,
             "meta": r.meta}
 
@@ -296,7 +297,7 @@ def _check_same_prompts(path: str, done: dict[str, PromptResult], records: Seque
     for r in records:
         old = done.get(str(r.id))
         if old is not None and old.prompt_hash and old.prompt_hash != record_fingerprint(
-                _record_dict(r)):
+                record_dict(r)):
             raise EvalError(f"{path} holds samples of a different prompt with id {r.id!r} "
                             "(changed data or task config); use another --out")
 

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from prorl_jax.errors import ConfigError, DataError
 from prorl_jax.eval import report as report_lib
+from prorl_jax.eval.runner import record_dict
 from prorl_jax.eval.store import PromptResult, read_results, record_fingerprint
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,6 @@ def _samples_path(run_dir, label: str) -> pathlib.Path:
     return _dir(run_dir) / "samples" / f"{label}.jsonl"
 
 
-def _record_dict(r) -> dict:
-    return {"domain": r.domain, "prompt": r.prompt, "ground_truth": r.ground_truth}
-
-
 def stored(run_dir, label: str, cfg, records: Sequence) -> list[PromptResult] | None:
     """The saved samples of `label` ("base" or "final") in `records` order, or None when
     there are none.
@@ -89,7 +86,7 @@ def stored(run_dir, label: str, cfg, records: Sequence) -> list[PromptResult] | 
     out = []
     for r in records:
         got = done.get(str(r.id))
-        if got is None or got.prompt_hash != record_fingerprint(_record_dict(r)):
+        if got is None or got.prompt_hash != record_fingerprint(record_dict(r)):
             raise ConfigError(f"boundary: {path} holds samples of other held-out prompts than "
                               f"data.val_sources gives now (first difference: {r.id!r}); "
                               f"resume with the run's own data.val_sources")
@@ -111,15 +108,6 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def with_fingerprints(results: Sequence[PromptResult], records: Sequence) -> list[PromptResult]:
-    """The results with the fingerprint of the prompt (without its meta) they answer."""
-    import dataclasses
-
-    by_id = {str(r.id): r for r in records}
-    return [dataclasses.replace(res, prompt_hash=record_fingerprint(_record_dict(by_id[res.id])))
-            for res in results]
 
 
 def warmup_prompts(model_dir) -> set[str] | None:

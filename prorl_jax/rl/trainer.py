@@ -512,7 +512,6 @@ class Trainer:
             batch_prompts=64, max_batch_tokens=s.max_batch_tokens or None, progress=bar,
             engine=s.engine, decode_slots=s.decode_slots, steps_per_sync=s.steps_per_sync)
         bar.close()
-        results = boundary.with_fingerprints(results, self.boundary_records)
         if self.primary:
             boundary.save(self.run_dir, label, self.cfg, results)
         return results

@@ -7,7 +7,8 @@ import pytest
 from prorl_jax.config import SourceConfig, TrainConfig, build, to_dict
 from prorl_jax.data import load_reasoning_gym
 from prorl_jax.errors import ConfigError
-from prorl_jax.eval.store import PromptResult
+from prorl_jax.eval.runner import record_dict
+from prorl_jax.eval.store import PromptResult, record_fingerprint
 from prorl_jax.rl import boundary
 
 
@@ -31,8 +32,9 @@ def _results(records, rewards, label_texts=None):
         texts = label_texts or [f"<answer>{r.ground_truth['entry']['answer']}</answer>"
                                 if x >= 1 else "no answer" for x in rw]
         out.append(PromptResult(id=str(r.id), task="spell_backward", domain="reasoning_gym",
-                                rewards=tuple(rw), completions=tuple(texts)))
-    return boundary.with_fingerprints(out, records)
+                                rewards=tuple(rw), completions=tuple(texts),
+                                prompt_hash=record_fingerprint(record_dict(r))))
+    return out
 
 
 def test_ks_for():
