@@ -36,6 +36,7 @@ import numpy as np
 from prorl_jax import sharding
 from prorl_jax.model import attention
 from prorl_jax.model.config import ModelConfig
+from prorl_jax.model.linear import LINEAR_NAME, linear
 
 Params = dict[str, Any]
 
@@ -118,7 +119,7 @@ class Proj(nn.Module):
             y = out_major_dot(x, w.astype(self.dtype), n_in)
         else:
             w = _param(self, "kernel", init, self.shape, self.axes, self.param_dtype)
-            y = jnp.einsum(self.eqn, x, w.astype(self.dtype))
+            y = linear(self.eqn, x, w.astype(self.dtype))
         if self.bias_ndim:
             b = _param(self, "bias", nn.initializers.zeros, self.shape[-self.bias_ndim:],
                        self.axes[-self.bias_ndim:], self.param_dtype)
@@ -324,7 +325,11 @@ class Block(nn.Module):
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
     # Keep projection / MLP matmul outputs; recompute attention scores (batched dots).
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # The projections are `linear` (custom VJP), whose dots the policy cannot see: their
+    # outputs are saved by name.
+    "save_dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(LINEAR_NAME)),
 }
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from prorl_jax.errors import ConfigError
+from prorl_jax.model.linear import linear
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -108,7 +109,7 @@ def _chunked_over_t(body, hidden, w, tokens, chunk_size):
 
 def _chunk_logits(h, w, temperature):
     # h [B, C, D] (one chunk of T), w [D, V] in their own dtypes; accumulate in float32.
-    logits = jnp.einsum("BTD,DV->BTV", h, w, preferred_element_type=jnp.float32)
+    logits = linear("BTD,DV->BTV", h, w, preferred_element_type=jnp.float32)
     return logits / temperature
 
 
