@@ -37,9 +37,11 @@ _NEG = float(jnp.finfo(jnp.float32).min)  # finite "minus infinity": no inf - in
 
 # auto on CPU: blockwise once T x S reaches this many score entries per (row, head), or
 # whenever dense's float32 scores of one layer would take more than _DENSE_MEMORY_SHARE of
-# the device memory. The crossover was measured with tools/bench_attention.py (see
-# docs/performance.md).
-CPU_BLOCKWISE_MIN_SCORES = 512 * 512
+# the device memory. Measured in a whole 40M model (docs/performance.md, "Training step"):
+# the train step is 15% faster blockwise at T = 256 and 5% at 128, equal at 64, because the
+# layer scan saves no [B, N, T, S] float32 probabilities; forwards are equal or faster from
+# 64 up. Below the crossover the two are equal and dense's single dot is the simpler program.
+CPU_BLOCKWISE_MIN_SCORES = 128 * 128
 _DENSE_MEMORY_SHARE = 0.125
 
 log = logging.getLogger(__name__)

@@ -157,7 +157,8 @@ def test_cudnn_arguments_through_xla(causal_only):
 def test_auto_picks_per_backend_and_shape():
     pick = lambda backend, dtype, T, H=128: attention.resolve(  # noqa: E731
         "auto", backend=backend, dtype=dtype, B=1, N=12, T=T, S=T, H=H)
-    assert pick("cpu", "float32", 256) == "dense"
+    assert pick("cpu", "float32", 64) == "dense"
+    assert pick("cpu", "float32", 128) == "blockwise"
     assert pick("cpu", "float32", 16384) == "blockwise"
     assert pick("gpu", "bfloat16", 4096) == "cudnn"
     assert pick("gpu", "float32", 4096) == "blockwise"  # cuDNN takes no float32
