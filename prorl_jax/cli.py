@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from prorl_jax import __version__, distributed
+from prorl_jax import __version__, distributed, host_memory
 from prorl_jax.errors import UserError
 
 COMMANDS = {
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     if not any(isinstance(f, _NoTorchBanner) for f in hf_logger.filters):
         hf_logger.addFilter(_NoTorchBanner())
     try:
+        # Before jax starts its threads (no command has imported it yet): see host_memory.
+        host_memory.apply_for_cpu()
         return distributed.run_command(args, args.command, args._run)
     except UserError as e:
         print(f"prorl-jax {args.command}: error: {e}", file=sys.stderr)

@@ -5,14 +5,32 @@ reads `--threads N` from argv (default: `default`, None = every core this proces
 restricts the process to its first N allowed cores with sched_setaffinity, gives torch N
 threads and returns N. XLA:CPU sizes its thread pools from the affinity mask, so both
 runtimes end up with the same N cores. (The XLA flag --xla_cpu_multi_thread_eigen=false alone is not enough: with jax
-0.10 the dot kernels still run on a multi-threaded pool.) Must run before `import jax`.
+0.10 the dot kernels still run on a multi-threaded pool.) It also applies the host heap
+policy of `prorl-jax` itself (prorl_jax/host_memory.py: on a CPU run, freed memory stays in
+the process) so that a benchmark measures what the CLI runs; it is process-wide, so both
+sides of a comparison get it. PRORL_JAX_HOST_HEAP=system measures glibc's defaults instead.
+Must run before `import jax`.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import time
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (pages the kernel had to map in)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def heap_policy() -> str:
+    """One phrase for a benchmark's header: which host heap policy this process runs."""
+    from prorl_jax import host_memory
+
+    return ("host heap kept (prorl_jax.host_memory)" if host_memory.apply_for_cpu()
+            else "host heap: glibc defaults")
 
 
 def best_time(fn, repeats: int) -> float:
@@ -48,6 +66,9 @@ def threads_from_argv(argv, default: int | None = None) -> int:
 
 
 def pin(argv, default: int | None = None) -> int:
+    from prorl_jax import host_memory
+
+    host_memory.apply_for_cpu()  # first: before any library starts a thread
     threads = threads_from_argv(argv, default)
     if hasattr(os, "sched_setaffinity"):
         cores = sorted(os.sched_getaffinity(0))

@@ -240,16 +240,19 @@ def bench_shape(hf_dir, cfg, m, b, prompt_len, resp_len, temperature, steps, rng
 
     times = {"ours": [], "torch": []}
     cpu = {"ours": [], "torch": []}
+    faults = {"ours": [], "torch": []}
     for _ in range(steps):
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, f0 = time.perf_counter(), time.process_time(), bench_common.minor_faults()
         params, opt_state, metrics = step(params, opt_state, jbatch)
         jax.block_until_ready((params, opt_state, metrics))
         times["ours"].append(time.perf_counter() - t0)
         cpu["ours"].append(time.process_time() - c0)
-        t0, c0 = time.perf_counter(), time.process_time()
+        faults["ours"].append(bench_common.minor_faults() - f0)
+        t0, c0, f0 = time.perf_counter(), time.process_time(), bench_common.minor_faults()
         torch_step(model, opt, micro, prompt_len, temperature)
         times["torch"].append(time.perf_counter() - t0)
         cpu["torch"].append(time.process_time() - c0)
+        faults["torch"].append(bench_common.minor_faults() - f0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "ours_s": med["ours"], "torch_s": med["torch"],
@@ -257,6 +260,7 @@ def bench_shape(hf_dir, cfg, m, b, prompt_len, resp_len, temperature, steps, rng
         "compile_s": first_ours - med["ours"], "torch_first_s": first_torch,
         "ours_first": ours_first, "torch_first": torch_first, "opt_kind": opt_kind,
         "spread": {k: (min(v), max(v)) for k, v in times.items()},
+        "faults": {k: statistics.median(v) for k, v in faults.items()},
         "response_tokens": int(batch["response_mask"].sum()),
     }
 
@@ -519,7 +523,7 @@ def main(argv=None) -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads, AdamW {rows[0][4]['opt_kind']}); "
-          f"--threads {_THREADS}")
+          f"--threads {_THREADS}; {bench_common.heap_policy()}")
     print(f"# model: {n_params / 1e6:.1f}M params float32 (Qwen2, V={cfg.vocab_size}, "
           f"D={cfg.hidden_size}, F={cfg.intermediate_size}, L={cfg.num_hidden_layers}), "
           f"temperature {args.temperature}; median of {args.steps} steps per side")
@@ -554,7 +558,8 @@ def main(argv=None) -> None:
         print(f"# {m}x{b}x({p}+{r}): model GFLOP/step {step_flops(cfg, m, b, p, r) / 1e9:.1f}, "
               f"response tokens {res['response_tokens']}, step range ours {lo['ours']} s, "
               f"PyTorch {lo['torch']} s, CPU s/step ours {res['ours_cpu_s']:.2f}, "
-              f"PyTorch {res['torch_cpu_s']:.2f}")
+              f"PyTorch {res['torch_cpu_s']:.2f}, minor page faults/step ours "
+              f"{res['faults']['ours']:,.0f}, PyTorch {res['faults']['torch']:,.0f}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"threads": _THREADS, "noisy": noisy, "rows": summary}, f)
