@@ -50,6 +50,7 @@ class ModelSection:
     attention_impl: str = "auto"  # auto | dense | blockwise | cudnn | splash
     attention_block_q: int = 128  # blockwise / splash tile sizes
     attention_block_kv: int = 256
+    layer_loop: str = "auto"  # auto | scan | unrolled
 
     def __post_init__(self):
         if self.config is not None and (self.path is not None or self.preset is not None):
@@ -63,7 +64,7 @@ class ModelSection:
         """The ModelConfig fields this section sets on top of the checkpoint's architecture."""
         return dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
                     attention_impl=self.attention_impl, attention_block_q=self.attention_block_q,
-                    attention_block_kv=self.attention_block_kv)
+                    attention_block_kv=self.attention_block_kv, layer_loop=self.layer_loop)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "save_dots")
 # One list of attention implementations (prorl_jax/model/attention.py dispatches on it).
 ATTENTION_IMPLS = ("auto", "dense", "blockwise", "cudnn", "splash")
+# How the decoder layers run (prorl_jax/model/qwen.py `layer_unroll`): "scan" one compiled
+# layer body looped L times, "unrolled" L copies in a straight line, "auto" unrolled on the
+# CPU and scanned elsewhere.
+LAYER_LOOPS = ("auto", "scan", "unrolled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,7 @@ class ModelConfig:
     attention_impl: str = "auto"  # see ATTENTION_IMPLS and prorl_jax/model/attention.py
     attention_block_q: int = 128  # blockwise / splash query tile (measured, docs/performance.md)
     attention_block_kv: int = 256  # blockwise / splash key tile
+    layer_loop: str = "auto"  # see LAYER_LOOPS
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -73,6 +78,9 @@ class ModelConfig:
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ConfigError(f"model.attention_impl must be one of {ATTENTION_IMPLS}, "
                               f"got {self.attention_impl!r}")
+        if self.layer_loop not in LAYER_LOOPS:
+            raise ConfigError(f"model.layer_loop must be one of {LAYER_LOOPS}, "
+                              f"got {self.layer_loop!r}")
         for name in ("attention_block_q", "attention_block_kv"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -63,10 +63,14 @@ def test_other_equations_fall_back_to_einsum():
 
 
 def _remat_temp(policy_name, policy=None):
-    """Compiled temp bytes of the gradient of a 4-layer model's hidden states."""
+    """Compiled temp bytes of the gradient of a 4-layer model's hidden states.
+
+    Scanned layers: the scan stacks what the policy saves for all 4 layers before the
+    backward starts, so the saved residuals show in the peak (unrolled, XLA interleaves
+    their lifetimes with the backward and the peak says less about the policy)."""
     cfg = pj.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=96,
                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                         remat=policy_name)
+                         remat=policy_name, layer_loop="scan")
     params = qwen.init_params(cfg, jax.random.key(0))
     tokens = jnp.ones((4, 64), jnp.int32)
     f = lambda p: jnp.sum(jnp.tanh(qwen.forward_hidden(cfg, p, tokens)))  # noqa: E731
