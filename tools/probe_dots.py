@@ -11,8 +11,9 @@ shapes, in each framework's own layout:
 - torch: nn.Linear's layout, weight [out, in]: forward x @ W^T, dx = g @ W, dW = g^T @ x
   (transposes are views, BLAS takes them as flags).
 
-Multiplicities are those of one update at the shape (L layers; our lm head also recomputes
-its logits in the backward, the chunked logprobs' checkpoint; torch's does not). Attention's
+Multiplicities are those of one update at the shape (L layers; where a micro-batch has more
+response positions than the chunked logprobs' chunk, our lm head also recomputes its logits
+in the backward, the chunks' checkpoint; torch's does not). Attention's
 batched dots and every non-dot op are left out of both sums, so each sum is a floor under
 its framework's step. Reported: each product's median time and GFLOP/s on both sides, the
 two sums, and the step time that 1.2x PyTorch would need, next to our dot floor.
@@ -53,7 +54,10 @@ def products(m: int, b: int, prompt_len: int, resp_len: int) -> list[tuple]:
     layer = [("q", D, N * H), ("k", D, K * H), ("v", D, K * H), ("o", N * H, D),
              ("gate", D, F), ("up", D, F), ("down", F, D)]
     out = [(name, rows, i, o, m * L, 0) for name, i, o in layer]
-    out.append(("lm head", b * resp_len, D, V, m, m))
+    from prorl_jax.rl.logprobs import DEFAULT_CHUNK_SIZE
+
+    recompute = m if resp_len > DEFAULT_CHUNK_SIZE else 0  # one chunk: no checkpoint
+    out.append(("lm head", b * resp_len, D, V, m, recompute))
     return out
 
 
