@@ -4,8 +4,8 @@ Why: XLA:CPU mallocs each executable's temporary buffer at every execution (1.39
 train step of the 40M benchmark model at 8 x 256 tokens) and frees it at the end. glibc
 serves blocks that large with a fresh mmap and unmaps them on free, so every step faults in
 every page of a new mapping again: measured with tools/bench_train.py on one core, 340k
-minor page faults and 0.9-3.6 s of kernel time per 4.8 s of user time, the whole gap to
-PyTorch's train step (whose caching allocator keeps its blocks). See docs/performance.md.
+minor page faults and 0.9-3.6 s of kernel time per 4.8 s of user time, most of the gap to
+PyTorch's train step then (its own allocations faulted far less). See docs/performance.md.
 
 The policy (glibc `mallopt`): one malloc arena (M_ARENA_MAX=1), so XLA's worker threads
 allocate from the main heap; no mmap for large blocks (M_MMAP_MAX=0); no trimming of the
@@ -110,7 +110,8 @@ def apply_for_cpu() -> bool:
         return _applied
     libc = _libc()
     env = os.environ
-    plugins = [] if ENV in env or env.get("JAX_PLATFORMS") else installed_accelerator_plugins()
+    # JAX_PLATFORMS decides by itself; only without it does the installed set matter.
+    plugins = [] if env.get("JAX_PLATFORMS") else installed_accelerator_plugins()
     apply, why = decide(env, plugins, platform.system(), libc is not None)
     _applied = False
     if apply:

@@ -69,8 +69,8 @@ def main() -> None:
     optimizer = make_optimizer(bt.OPTIM)
     padded = make_train_step(cfg, bt.RL, optimizer, prompt_len=P, temperature=1.0)
     packed = PackedStep(cfg, bt.RL, optimizer, temperature=1.0)
-    state = {name: (jax.tree.map(jnp.copy, params), None) for name in ("padded", "packed")}
-    state = {k: (p, optimizer.init(p)) for k, (p, _) in state.items()}
+    fresh = lambda: (lambda p: (p, optimizer.init(p)))(jax.tree.map(jnp.copy, params))  # noqa: E731
+    state = {"padded": fresh(), "packed": fresh()}
     run = {"padded": lambda p, o: padded(p, o, padded_batch),
            "packed": lambda p, o: packed.step(p, o, micros)}
     times = {k: [] for k in run}
