@@ -9,7 +9,8 @@ PyTorch's train step then (its own allocations faulted far less). See docs/perfo
 
 The policy (glibc `mallopt`): one malloc arena (M_ARENA_MAX=1), so XLA's worker threads
 allocate from the main heap; no mmap for large blocks (M_MMAP_MAX=0); no trimming of the
-heap top (M_TRIM_THRESHOLD at its maximum). A freed buffer is reused by the next step:
+heap top (M_TRIM_THRESHOLD = -1, which mallopt(3) defines as "never"). A freed buffer is
+reused by the next step:
 no page faults after the first. Cost: resident memory stays at its peak (a training
 process sits there anyway), and the threads share one arena's lock (XLA allocates few,
 large buffers). All three settings are needed: without the single arena the worker threads'
@@ -42,9 +43,13 @@ CHOICES = ("auto", "keep", "system")
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
-# mallopt takes a C int: the largest threshold it can hold (2**31 - 1 bytes) means "never".
-_INT_MAX = 2**31 - 1
-POLICY = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _INT_MAX))
+# -1 disables trimming (mallopt(3); glibc stores it as SIZE_MAX). The largest positive int,
+# 2**31 - 1, is not "never": glibc trims whenever the free top of the heap reaches the
+# threshold, so a step whose buffers exceed 2 GiB (the 40M benchmark model's packed
+# micro-batch of 5,120 tokens: 2.9 GB) was handed back to the kernel and faulted in again at
+# every call (700k minor faults per micro-batch, 10 s -> 8 s once kept; docs/performance.md).
+NEVER_TRIM = -1
+POLICY = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM))
 
 # Distributions that give jax a non-CPU backend (their names as pip normalises them).
 ACCELERATOR_PLUGIN_PREFIXES = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu",

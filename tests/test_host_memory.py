@@ -51,17 +51,17 @@ def test_accelerator_plugins_are_recognised_by_distribution_name():
 
 
 # A fresh interpreter: the policy must be set before anything allocates from thread arenas,
-# and it is process-wide. It mallocs, fills and frees 256 MiB twice, as XLA:CPU does with a
+# and it is process-wide. It mallocs, fills and frees N bytes twice, as XLA:CPU does with a
 # step's temp buffer, and prints the minor page faults of the second round. (Plain malloc:
 # numpy would madvise huge pages, which fault in 2 MiB at a time and hide the count.)
 _PROBE = """
-import ctypes, resource
+import ctypes, resource, sys
 from prorl_jax import host_memory
 applied = host_memory.apply_for_cpu()
 libc = host_memory._libc()
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)
-n = 256 << 20
+n = int(sys.argv[1])
 def round_trip():
     p = libc.malloc(n)
     ctypes.memset(p, 1, n)
@@ -73,9 +73,9 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0, n // 409
 """
 
 
-def _probe(heap: str):
+def _probe(heap: str, size: int = 256 << 20):
     env = {**os.environ, "PRORL_JAX_HOST_HEAP": heap, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(size)], env=env, capture_output=True,
                          text=True, check=True).stdout.split()
     return out[0] == "True", int(out[1]), int(out[2])
 
@@ -89,6 +89,16 @@ def test_kept_heap_reuses_freed_pages_where_glibc_defaults_fault_them_in_again()
     applied, faults, pages = _probe("system")
     assert not applied
     assert faults > pages // 2, (faults, pages)  # a fresh mmap: every page faults again
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or host_memory._libc() is None,
+                    reason="the policy is glibc's mallopt")
+def test_kept_heap_keeps_a_freed_block_larger_than_2_gib():
+    """A trim threshold of 2**31 - 1 (the largest int) still trims a free heap top of more
+    than 2 GiB, as a packed 40M micro-batch's buffers are: the policy must never trim."""
+    applied, faults, pages = _probe("auto", (2 << 30) + (256 << 20))
+    assert applied
+    assert faults < pages // 20, (faults, pages)
 
 
 def test_cli_rejects_an_unknown_heap_choice_before_running():
