@@ -10,8 +10,7 @@ PyTorch's train step then (its own allocations faulted far less). See docs/perfo
 The policy (glibc `mallopt`): one malloc arena (M_ARENA_MAX=1), so XLA's worker threads
 allocate from the main heap; no mmap for large blocks (M_MMAP_MAX=0); no trimming of the
 heap top (M_TRIM_THRESHOLD = -1, which mallopt(3) defines as "never"). A freed buffer is
-reused by the next step:
-no page faults after the first. Cost: resident memory stays at its peak (a training
+reused by the next step: no page faults after the first. Cost: resident memory stays at its peak (a training
 process sits there anyway), and the threads share one arena's lock (XLA allocates few,
 large buffers). All three settings are needed: without the single arena the worker threads'
 arenas keep mapping and unmapping.
