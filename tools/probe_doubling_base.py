@@ -13,16 +13,18 @@ text) to report, per number of doublings k: pass@1, the chain share, and the acc
 chained and of direct answers. Nothing here is shipped; it measures whether a design of the
 SFT data gives the base that the demo needs.
 
-    python tools/probe_doubling_base.py                                  # 1000 steps
-    python tools/probe_doubling_base.py --direct-max-k 2 --steps 3000    # no direct targets above k 2
-    python tools/probe_doubling_base.py --init params.pkl --seed 1       # continue a saved base
+    python tools/probe_doubling_base.py                                   # 1000 steps
+    python tools/probe_doubling_base.py --k-weights 2,1,1,0.05,0.05 \
+        --chain-share 0,0.5,0.5,0.1,0.1 --steps 3000                     # hard k rare in SFT
+    python tools/probe_doubling_base.py --init params.pkl --seed 1        # continue a saved base
 
 Measured (2026-12-07, 2 cores, 0.45 s per step; the experiment script this tool was
 written from, same design and held-out set, other training draws): with the defaults, a single doubling of a
 held-out 4-digit number is right 0.86 of the time at step 1000 and 0.95-0.997 from step
 1250 to 3000; chains of 3 / 4 / 5 doublings 0.83 / 0.73 / 0.62 at step 3000, but the direct
-answer learns the hard instances as well (5 doublings 0.74), which is what
---direct-max-k is for.
+answer learns the hard instances as well (5 doublings 0.74): with ~18,000 direct examples
+per k over 900 start values, x32 is learnable directly. Making the hard k rare in the SFT
+data (--k-weights) is the next design.
 """
 
 from __future__ import annotations
@@ -63,17 +65,18 @@ def held_out(rng: np.random.Generator, per_k: int) -> dict[int, list[int]]:
     return out
 
 
-def sft_rows(tokenizer, rng, examples: int, chain_share: tuple[float, float],
-             direct_max_k: int, exclude: set[str]):
-    """(prompt ids, response ids) pairs; k = 1 twice as often (it is the step itself)."""
+def sft_rows(tokenizer, rng, examples: int, k_weights: list[float], chain_share: list[float],
+             exclude: set[str]):
+    """(prompt ids, response ids) pairs: k drawn by k_weights, a chain with chain_share[k]."""
     rows = []
+    p = np.asarray(k_weights) / np.sum(k_weights)
     while len(rows) < examples:
-        k = int(rng.choice([1, *KS]))
+        k = int(rng.choice(KS, p=p))
         start = int(rng.integers(1, 10000 if k == 1 else 1000))
         text = prompt_text(start, k)
         if text in exclude:
             continue
-        chain = k > direct_max_k or rng.random() < chain_share[0 if k <= 2 else 1]
+        chain = rng.random() < chain_share[k - 1]
         prompt = tokenizer.encode(text, add_special_tokens=False)
         response = tokenizer.encode(target(start, k, chain) + tokenizer.eos_token,
                                     add_special_tokens=False)
@@ -130,10 +133,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--examples", type=int, default=64000)
-    ap.add_argument("--chain-share", default="0.5,0.15",
-                    help="chain share for k <= 2 and for k >= 3")
-    ap.add_argument("--direct-max-k", type=int, default=max(KS),
-                    help="above this k every target is a chain")
+    ap.add_argument("--k-weights", default="2,1,1,1,1", help="sampling weight of k = 1..5")
+    ap.add_argument("--chain-share", default="0.5,0.5,0.15,0.15,0.15",
+                    help="share of chained targets for k = 1..5")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-prompts", type=int, default=24)
     ap.add_argument("--eval-n", type=int, default=16)
@@ -149,9 +151,12 @@ def main(argv=None) -> None:
     cfg = mdb.model_config(tokenizer)
     held = held_out(np.random.default_rng(0), args.eval_prompts)
     exclude = {prompt_text(s, k) for k, starts in held.items() for s in starts}
-    low, high = (float(x) for x in args.chain_share.split(","))
+    weights = [float(x) for x in args.k_weights.split(",")]
+    shares = [float(x) for x in args.chain_share.split(",")]
+    if len(weights) != len(KS) or len(shares) != len(KS):
+        ap.error(f"--k-weights and --chain-share take {len(KS)} comma-separated values")
     rows = sft_rows(tokenizer, np.random.default_rng(1000 + args.seed), args.examples,
-                    (low, high), args.direct_max_k, exclude)
+                    weights, shares, exclude)
     data = arrays(rows)
     params = (pickle.load(open(args.init, "rb")) if args.init
               else qwen.init_params(cfg, jax.random.key(0)))
