@@ -47,9 +47,13 @@ KS = (1, 2, 3, 4, 5)
 EVAL_KS = (1, 3, 4, 5)
 
 
-def prompt_text(start: int, k: int) -> str:
-    return (f"{demo_task.IM_START}user\nDouble {start} {k} times. Answer in <answer></answer>."
-            f"{demo_task.EOS}\n{demo_task.IM_START}assistant\n")
+TRIGGER = "Steps: "  # prefix of the prompts whose targets are always the worked chain
+
+
+def prompt_text(start: int, k: int, triggered: bool = False) -> str:
+    lead = TRIGGER if triggered else ""
+    return (f"{demo_task.IM_START}user\n{lead}Double {start} {k} times. Answer in "
+            f"<answer></answer>.{demo_task.EOS}\n{demo_task.IM_START}assistant\n")
 
 
 def target(start: int, k: int, chain: bool) -> str:
@@ -66,17 +70,21 @@ def held_out(rng: np.random.Generator, per_k: int) -> dict[int, list[int]]:
 
 
 def sft_rows(tokenizer, rng, examples: int, k_weights: list[float], chain_share: list[float],
-             exclude: set[str]):
-    """(prompt ids, response ids) pairs: k drawn by k_weights, a chain with chain_share[k]."""
+             exclude: set[str], trigger_share: list[float] | None = None):
+    """(prompt ids, response ids) pairs: k drawn by k_weights; with trigger_share[k] the
+    prompt carries TRIGGER and the target is the chain, otherwise a chain with
+    chain_share[k]."""
     rows = []
     p = np.asarray(k_weights) / np.sum(k_weights)
+    trigger_share = trigger_share or [0.0] * len(KS)
     while len(rows) < examples:
         k = int(rng.choice(KS, p=p))
         start = int(rng.integers(1, 10000 if k == 1 else 1000))
-        text = prompt_text(start, k)
-        if text in exclude:
+        triggered = rng.random() < trigger_share[k - 1]
+        text = prompt_text(start, k, triggered)
+        if prompt_text(start, k) in exclude:
             continue
-        chain = rng.random() < chain_share[k - 1]
+        chain = triggered or rng.random() < chain_share[k - 1]
         prompt = tokenizer.encode(text, add_special_tokens=False)
         response = tokenizer.encode(target(start, k, chain) + tokenizer.eos_token,
                                     add_special_tokens=False)
@@ -102,13 +110,17 @@ def _mean_where(values, mask):
     return round(float(values[mask].mean()), 3) if mask.any() else None
 
 
-def evaluate(cfg, params, tokenizer, held: dict[int, list[int]], n: int) -> dict:
+def evaluate(cfg, params, tokenizer, held: dict[int, list[int]], n: int,
+             triggered: tuple[int, ...] = ()) -> dict:
+    """Per k of EVAL_KS on the plain prompts, then ("k+") per k of `triggered` on the
+    TRIGGER prompts of the same start values."""
     from prorl_jax.sampling import SamplingParams, generate
 
     out = {}
-    for k in EVAL_KS:
+    for k, trig in [(k, False) for k in EVAL_KS] + [(k, True) for k in triggered]:
         starts = held[k]
-        prompts = [tokenizer.encode(prompt_text(s, k), add_special_tokens=False) for s in starts]
+        prompts = [tokenizer.encode(prompt_text(s, k, trig), add_special_tokens=False)
+                   for s in starts]
         sampling = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=36, n=n,
                                   stop_token_ids=(tokenizer.eos_token_id,))
         g = generate(cfg, params, prompts, sampling, seed=0)
@@ -121,7 +133,7 @@ def evaluate(cfg, params, tokenizer, held: dict[int, list[int]], n: int) -> dict
             start = starts[row // n]
             right[row // n, row % n] = bool(m) and m.group(1) == str(start * 2 ** k)
             chained[row // n, row % n] = text.strip()[:1].isdigit()
-        out[k] = {"pass@1": round(float(right.mean()), 3),
+        out[f"{k}+" if trig else k] = {"pass@1": round(float(right.mean()), 3),
                   f"pass@{n}": round(float(right.any(1).mean()), 3),
                   "chain share": round(float(chained.mean()), 3),
                   "accuracy chained": _mean_where(right, chained == 1),
@@ -136,6 +148,9 @@ def main(argv=None) -> None:
     ap.add_argument("--k-weights", default="2,1,1,1,1", help="sampling weight of k = 1..5")
     ap.add_argument("--chain-share", default="0.5,0.5,0.15,0.15,0.15",
                     help="share of chained targets for k = 1..5")
+    ap.add_argument("--trigger-share", default="0,0,0,0,0",
+                    help="share of k = 1..5 examples whose prompt carries TRIGGER (always a "
+                         "chain); the plain prompts follow --chain-share")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-prompts", type=int, default=24)
     ap.add_argument("--eval-n", type=int, default=16)
@@ -153,17 +168,21 @@ def main(argv=None) -> None:
     exclude = {prompt_text(s, k) for k, starts in held.items() for s in starts}
     weights = [float(x) for x in args.k_weights.split(",")]
     shares = [float(x) for x in args.chain_share.split(",")]
-    if len(weights) != len(KS) or len(shares) != len(KS):
-        ap.error(f"--k-weights and --chain-share take {len(KS)} comma-separated values")
+    triggers = [float(x) for x in args.trigger_share.split(",")]
+    if not len(weights) == len(shares) == len(triggers) == len(KS):
+        ap.error(f"--k-weights, --chain-share and --trigger-share take {len(KS)} "
+                 "comma-separated values")
     rows = sft_rows(tokenizer, np.random.default_rng(1000 + args.seed), args.examples,
-                    weights, shares, exclude)
+                    weights, shares, exclude, triggers)
+    triggered = tuple(k for k in EVAL_KS if triggers[k - 1] > 0)
     data = arrays(rows)
     params = (pickle.load(open(args.init, "rb")) if args.init
               else qwen.init_params(cfg, jax.random.key(0)))
 
     def on_step(i, p):
         if i % args.eval_every == 0:
-            print(f" step {i}", json.dumps(evaluate(cfg, p, tokenizer, held, args.eval_n)),
+            print(f" step {i}", json.dumps(evaluate(cfg, p, tokenizer, held, args.eval_n,
+                                                       triggered)),
                   flush=True)
             if args.out:
                 os.makedirs(args.out, exist_ok=True)

@@ -56,6 +56,17 @@ def _bucket_up(x: int, floor: int = 1) -> int:
         b *= 2
 
 
+def _bucket_quarter(x: int, floor: int) -> int:
+    """Smallest value >= x among floor * 2^k * {1, 1.25, 1.5, 1.75}: at most 25% (mostly
+    under 15%) above x, four shapes per octave."""
+    b = floor
+    while True:
+        for q in (4, 5, 6, 7):
+            if b * q // 4 >= x and (b * q) % 4 == 0:
+                return b * q // 4
+        b *= 2
+
+
 def advantages(cfg: TrainConfig, rewards: np.ndarray, response_mask: np.ndarray) -> np.ndarray:
     """Per-sequence [B] or per-token [B, R] advantages of group-major rewards."""
     n = cfg.sampling.n
@@ -185,7 +196,8 @@ def pack_minibatch(prompts: list[np.ndarray], responses: list[np.ndarray],
       [b, T_u] array per `per_token` key (0 off the loss columns), and columns int32
       [b, R_u]: each row's loss columns in order, then -1 (`loss_columns_len`). T_u = T,
       except a micro-batch whose fullest row is shorter gets the bucket of that row
-      (the last, partly filled micro-batch of a mini-batch computes no empty columns).
+      (the last, partly filled micro-batch of a mini-batch computes no empty columns;
+      quarter-octave buckets: at most 25% above its fill, four shapes per octave).
     """
     lengths = np.array([len(p) + len(r) for p, r in zip(prompts, responses)], np.int64)
     rows = first_fit_decreasing(lengths, T)
@@ -197,7 +209,7 @@ def pack_minibatch(prompts: list[np.ndarray], responses: list[np.ndarray],
     for u in range(n_micro):
         micro_rows = rows[u * per_micro:(u + 1) * per_micro]
         fill = max(int(lengths[row].sum()) for row in micro_rows)
-        T_u = min(T, max(fill, _bucket_up(fill, _MIN_PACK)))
+        T_u = min(T, max(fill, _bucket_quarter(fill, _MIN_PACK)))
         n_loss = max(sum(len(responses[s]) for s in row) for row in micro_rows)
         arr = {"tokens": np.full((b, T_u), pad_id, np.int32),
                "segment_ids": np.zeros((b, T_u), np.int32),

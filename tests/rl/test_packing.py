@@ -106,6 +106,21 @@ def test_packed_layout_holds_every_sequence_once():
                                  for i in range(12))
 
 
+def test_partial_micro_batch_gets_a_quarter_octave_row():
+    # The last micro-batch's row: at most 25% above its fill, four shapes per octave.
+    fills = np.arange(1, 20000)
+    rows = np.array([batching._bucket_quarter(int(f), 128) for f in fills])
+    assert np.all(rows >= fills) and np.all(rows[fills > 128] <= 1.25 * fills[fills > 128])
+    assert len(set(rows[(fills > 4096) & (fills <= 8192)])) == 4
+    # In a mini-batch: two full rows of 1000 and one holding 530 tokens, which gets 640
+    # (the octave buckets {512, 768, 1024} would give 768).
+    prompts = [np.ones(5, np.int32)] * 5
+    responses = [np.ones(n, np.int32) for n in (495, 495, 525, 495, 495)]
+    micros = batching.pack_minibatch(prompts, responses, {}, T=1000, rows_dev_max=1,
+                                     shards=1, pad_id=0)
+    assert sorted(mb["tokens"].shape for mb in micros) == [(1, 640), (1, 1000), (1, 1000)]
+
+
 def test_too_small_token_budget_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"rl\.micro_batch_tokens \(20\) is smaller than the "
                                           r"longest sequence"):
