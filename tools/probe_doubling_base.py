@@ -24,7 +24,7 @@ held-out 4-digit number is right 0.86 of the time at step 1000 and 0.95-0.997 fr
 1250 to 3000; chains of 3 / 4 / 5 doublings 0.83 / 0.73 / 0.62 at step 3000, but the direct
 answer learns the hard instances as well (5 doublings 0.74): with ~18,000 direct examples
 per k over 900 start values, x32 is learnable directly. Making the hard k rare in the SFT
-data (--k-weights) is the next design.
+data (--k-weights) and a trigger prefix for chained targets (--trigger-share; docs/demo.md) are the designs since.
 """
 
 from __future__ import annotations
