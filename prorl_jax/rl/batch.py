@@ -45,26 +45,21 @@ def bucket_prompt_len(max_len: int, limit: int) -> int:
     return max(min(bucket(max_len, minimum=16), limit), max_len)
 
 
-def _bucket_up(x: int, floor: int = 1) -> int:
-    """Smallest value >= x among floor * {1, 1.5, 2, 3, 4, 6, 8, ...}."""
+def _bucket_up(x: int, floor: int = 1, quarters: tuple[int, ...] = (4, 6)) -> int:
+    """Smallest whole value >= x among floor * 2^k * q / 4 for q in quarters: by default
+    floor * {1, 1.5, 2, 3, 4, 6, 8, ...}."""
     b = floor
     while True:
-        if b >= x:
-            return b
-        if b * 3 // 2 >= x and (b * 3) % 2 == 0:
-            return b * 3 // 2
+        for q in quarters:
+            if b * q // 4 >= x and (b * q) % 4 == 0:
+                return b * q // 4
         b *= 2
 
 
 def _bucket_quarter(x: int, floor: int) -> int:
-    """Smallest value >= x among floor * 2^k * {1, 1.25, 1.5, 1.75}: at most 25% (mostly
-    under 15%) above x, four shapes per octave."""
-    b = floor
-    while True:
-        for q in (4, 5, 6, 7):
-            if b * q // 4 >= x and (b * q) % 4 == 0:
-                return b * q // 4
-        b *= 2
+    """floor * 2^k * {1, 1.25, 1.5, 1.75}: at most 25% (mostly under 15%) above x, four
+    shapes per octave."""
+    return _bucket_up(x, floor, (4, 5, 6, 7))
 
 
 def advantages(cfg: TrainConfig, rewards: np.ndarray, response_mask: np.ndarray) -> np.ndarray:
